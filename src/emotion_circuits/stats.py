@@ -30,9 +30,11 @@ def folds(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.n
 
 def cv_proba(X: np.ndarray, y: np.ndarray, splits, C: float = 1.0, model_factory=None) -> np.ndarray:
     """Out-of-fold class probabilities `(n, k)` (columns in sorted label order) under the given splits."""
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[:, None]
+    X = np.asarray(X)
+    if X.dtype.kind in "biuf":  # numeric features; texts (for a bag-of-words factory) pass through as they are
+        X = X.astype(np.float64)
+        if X.ndim == 1:
+            X = X[:, None]
     classes = np.unique(y)
     proba = np.zeros((len(y), len(classes)))
     for train, test in splits:
