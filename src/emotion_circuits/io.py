@@ -25,7 +25,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -83,7 +83,7 @@ def write_csv(path, rows: list[dict], columns: list[str] | None = None) -> None:
 def save_npz(path, **arrays) -> None:
     """np.savez to a temporary name, then rename (the .npz suffix stops numpy adding its own)."""
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, allow_pickle=False, **arrays)
 
 
 def load_npz(path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
