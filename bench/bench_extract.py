@@ -1,0 +1,89 @@
+"""Extraction speed, as ratios measured in one run on the embedded models:
+  1. extraction throughput vs the bare model forward on the same batches (hook overhead; target >= 0.9x)
+  2. batched vs one-at-a-time extraction (target >= 3x on 2 cores)
+  3. load time from the safetensors cache vs from GGUF
+Usage: python bench/bench_extract.py [--models ...] [--n 32]
+"""
+import argparse
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from emotion_circuits.config import load_params
+from emotion_circuits.extract import ExtractSettings, extract, pad_left, tokenize_prompt
+from emotion_circuits.models import _gguf_path, load_model
+
+FALLBACK = ["The ferry left without the last three passengers, and the next one was due on Thursday morning.",
+            "A parcel sat on the step for two days before anyone in the building carried it inside."]
+
+
+def stimuli(params, n):
+    path = Path(params.stimuli.get("B", ""))
+    if path.exists():
+        from emotion_circuits.stimuli import load_stimuli
+        items = load_stimuli(path)
+    else:
+        items = [SimpleNamespace(id=f"x{i}", emotion="grief", text=t) for i, t in enumerate(FALLBACK)]
+    return [items[i % len(items)] for i in range(n)]
+
+
+def timed(fn, repeat=2):
+    fn()  # warm-up: first calls on new shapes are slower
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    params = load_params()
+    template = params.prompt("two-shot").template
+    torch.set_num_threads(torch.get_num_threads())
+    for name in args.models:
+        start = time.perf_counter()
+        loaded = load_model(name, params, device="cpu", dtype="float32")
+        load_cache = time.perf_counter() - start
+        items = stimuli(params, args.n)
+        settings = ExtractSettings(batch_size=args.batch_size)
+        prompts = sorted((tokenize_prompt(loaded.tokenizer, template, s.text).ids for s in items), key=len)
+        batches = [pad_left(prompts[i:i + args.batch_size], loaded.tokenizer.pad_token_id, "cpu")
+                   for i in range(0, len(prompts), args.batch_size)]
+
+        def bare():
+            with torch.inference_mode():
+                for batch in batches:
+                    loaded.model(**batch, logits_to_keep=1, use_cache=False)
+
+        t_bare = timed(bare)
+        t_extract = timed(lambda: extract(loaded, items, template, settings, progress=False))
+        t_single = timed(lambda: extract(loaded, items, template, ExtractSettings(batch_size=1), progress=False),
+                         repeat=1)
+        n_tokens = sum(len(p) for p in prompts)
+        print(f"{name}: {args.n} prompts, {n_tokens} tokens, batch {args.batch_size}, float32, "
+              f"{torch.get_num_threads()} threads")
+        print(f"  bare forward          {t_bare:7.2f} s  ({n_tokens / t_bare:6.0f} tokens/s)")
+        print(f"  extraction (batched)  {t_extract:7.2f} s  ({n_tokens / t_extract:6.0f} tokens/s)"
+              f"  throughput vs bare: {t_bare / t_extract:.2f}x (target >= 0.9x)")
+        print(f"  extraction (1 by 1)   {t_single:7.2f} s  batched speed-up: {t_single / t_extract:.2f}x (target >= 3x)")
+        spec = params.model(name)
+        if spec.source == "gguf-package":
+            from transformers import AutoModelForCausalLM
+            gguf = _gguf_path(spec)
+            start = time.perf_counter()
+            AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            load_gguf = time.perf_counter() - start
+            print(f"  load: safetensors cache {load_cache:.1f} s vs GGUF {load_gguf:.1f} s "
+                  f"({load_gguf / load_cache:.0f}x faster)")
+
+
+if __name__ == "__main__":
+    main()
