@@ -98,3 +98,10 @@ def test_truncated_file_is_a_one_line_error(tiny, tmp_path):
     with pytest.raises(DataError, match="B.npz: corrupted or truncated") as err:
         load_npz(path)
     assert "\n" not in str(err.value)
+
+
+def test_temp_file_of_a_killed_writer_is_cleaned_up(tiny, tmp_path):
+    stale = tmp_path / ".B.npz.abc123.tmp.npz"  # what a writer killed mid-write leaves behind
+    stale.write_bytes(b"PK\x03\x04partial")
+    save_activations(tmp_path / "B.npz", extract(tiny, STIMULI[:1], TEMPLATE, progress=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B.npz"]
