@@ -1,0 +1,262 @@
+"""Probes on tiny synthetic activation files: known answers (separable -> 1, noise -> 0.5), no leakage from test
+folds into the standardization, byte-identical reruns, controls and variants found, one-line errors naming the file."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from emotion_circuits import stats
+from emotion_circuits.config import EMOTIONS, ConfigError, load_params, parse_section
+from emotion_circuits.io import DataError, save_npz
+from emotion_circuits.probes import (ProbeSettings, load_set, random_init_of, run_probes, settings_from,
+                                     write_outputs)
+
+REPO = Path(__file__).resolve().parents[1]
+PER_CLASS, N_LAYERS, D = 6, 3, 12
+SIGNAL = (0.0, 1.0, 8.0)      # per layer: noise only, weak, separable
+FAST = ProbeSettings(seed=0, folds=3, n_boot=100, n_perm=5, n_jobs=1)
+
+
+def make_set(set_name: str, signal=SIGNAL, seed: int = 0, labels_random: bool = False) -> dict[str, np.ndarray]:
+    """Set A/B: emotion k adds signal * e_k (B also + e_8, 'emotional'); N: - e_8; C: half like N, half like B."""
+    rng = np.random.default_rng(seed)
+    n = {"A": 8 * PER_CLASS, "B": 8 * PER_CLASS, "N": 8 * PER_CLASS, "C": 8}[set_name]
+    emotions = np.repeat(EMOTIONS, PER_CLASS) if set_name in "AB" else np.full(n, "neutral")
+    direction = np.zeros((n, D))
+    if set_name in "AB":
+        direction[np.arange(n), np.searchsorted(sorted(EMOTIONS), emotions)] = 1.0
+    direction[:, 8] = {"A": 0.0, "B": 1.0, "N": -1.0, "C": 0.0}[set_name]
+    if set_name == "C":
+        direction[:, 8] = np.where(np.arange(n) < n // 2, -1.0, 1.0)
+    if labels_random:
+        emotions = rng.permutation(emotions)
+    out = {}
+    for kind in ("h", "a", "m"):
+        x = rng.normal(size=(n, N_LAYERS, D)) + np.asarray(signal)[None, :, None] * direction[:, None, :]
+        out[kind] = x.astype(np.float32)
+    ids = np.array([f"{set_name.lower()}-{i:02d}" for i in range(n)])
+    return {**out, "ids": ids, "emotions": emotions, "n_tokens": np.full(n, 40), "meta": np.array("{}")}
+
+
+def write_prompt(folder: Path, seed: int = 0, sets="ABNC", **kwargs) -> None:
+    for i, s in enumerate(sets):
+        save_npz(folder / f"{s}.npz", **make_set(s, seed=seed * 10 + i, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory):
+    root = tmp_path_factory.mktemp("act")
+    write_prompt(root / "model" / "two-shot")
+    write_prompt(root / "model" / "zero-shot", seed=1)
+    write_prompt(root / "model-random-init" / "two-shot", seed=2, sets="ABN", signal=(0.0, 0.0, 0.0))
+    return root, run_probes(root / "model", FAST, control_folder=root / "model-random-init")
+
+
+def rows_of(result, task):
+    return [r for r in result.rows if r["task"] == task]
+
+
+def test_separable_data_gives_auroc_one(separable):
+    _, result = separable
+    m = result.metrics
+    for site in "ham":
+        for task in ("set_a", "set_b", "transfer"):
+            assert m[task][site]["auroc"] > 0.99 and m[task][site]["peak_layer"] == 2, (task, site)
+            assert m[task][site]["peak_depth"] == 1.0
+        assert m["set_b"][site]["accuracy"] > 0.95
+        assert m["b_vs_n"][site]["saturation_layer"] in (1, 2)
+        assert m["set_b"][site]["p_perm"] == pytest.approx(1 / (FAST.n_perm + 1))
+        # Set C: half the vivid texts were built like Set N, half like Set B
+        assert m["set_c"][site]["fraction_emotional"] == 0.5 and m["set_c"][site]["n_fraction_emotional"] < 0.05
+
+
+def test_control_task_is_chance_and_selectivity_is_the_difference(separable):
+    _, result = separable
+    m = result.metrics
+    for site in "ham":
+        b = m["set_b"][site]
+        assert abs(b["control_auroc"] - 0.5) < 0.2
+        assert b["selectivity"] == pytest.approx(b["auroc"] - b["control_auroc"])
+    control = rows_of(result, "set_b_control")
+    assert len(control) == 3 * N_LAYERS
+    assert abs(np.mean([r["auroc"] for r in control]) - 0.5) < 0.1
+    assert np.mean([r["low"] <= 0.5 <= r["high"] for r in control]) >= 0.75
+
+
+def test_shuffled_labels_give_chance_with_interval_covering_half(tmp_path):
+    write_prompt(tmp_path / "m" / "two-shot", labels_random=True)
+    result = run_probes(tmp_path / "m", ProbeSettings(seed=0, folds=3, n_boot=200, n_perm=0, n_jobs=1,
+                                                      zero_shot_prompt=None))
+    rows = rows_of(result, "set_b") + rows_of(result, "set_a")
+    assert abs(np.mean([r["auroc"] for r in rows]) - 0.5) < 0.1
+    assert np.mean([r["low"] <= 0.5 <= r["high"] for r in rows]) >= 0.75
+    assert "p_perm" not in result.metrics["set_b"]["h"]  # n_perm: 0 switches the permutation null off
+
+
+def test_chance_columns(separable):
+    _, result = separable
+    for row in result.rows:
+        assert row["chance_auroc"] == 0.5
+        binary = row["task"].split(".")[-1].startswith("b_vs_n")
+        assert row["chance_accuracy"] == (0.5 if binary else 1 / 8), row["task"]
+    assert result.metrics["set_b"]["chance_accuracy"] == 1 / 8 and result.metrics["b_vs_n"]["chance_auroc"] == 0.5
+    for table in result.curves.values():
+        assert all(r["chance"] == 0.5 for r in table)
+
+
+def test_scaler_is_fitted_on_training_folds_only(tmp_path, monkeypatch):
+    """Every CV fit's scaler mean equals its training fold's raw mean (not the whole set's, not a pre-scaled 0)."""
+    write_prompt(tmp_path / "m" / "two-shot")
+    means = []
+    original = stats.probe_pipeline
+
+    def recording(*args, **kwargs):
+        pipe = original(*args, **kwargs)
+        fit = pipe.fit
+
+        def fit_and_record(X, y):
+            fitted = fit(X, y)
+            means.append(fitted[0].mean_.copy())
+            return fitted
+        pipe.fit = fit_and_record
+        return pipe
+    monkeypatch.setattr(stats, "probe_pipeline", recording)
+    settings = ProbeSettings(seed=0, folds=3, n_boot=100, n_perm=0, n_jobs=1, zero_shot_prompt=None)
+    run_probes(tmp_path / "m", settings)
+    X = load_set(tmp_path / "m" / "two-shot" / "B.npz").sites["h"][:, 2].astype(np.float64)
+    y = np.repeat(EMOTIONS, PER_CLASS)
+    train_means = [X[train].mean(axis=0) for train, _ in stats.folds(y, settings.folds, settings.seed)]
+    for expected in train_means:
+        assert any(np.allclose(m, expected) for m in means)
+    assert not any(np.allclose(m, X.mean(axis=0)) for m in means)
+
+
+def test_same_seed_same_bytes_any_n_jobs_and_seed_matters(tmp_path, separable):
+    root, first = separable
+    again = run_probes(root / "model", ProbeSettings(**{**FAST.__dict__, "n_jobs": 2}),
+                       control_folder=root / "model-random-init")
+    other = run_probes(root / "model", ProbeSettings(**{**FAST.__dict__, "seed": 1}),
+                       control_folder=root / "model-random-init")
+    files = {}
+    for name, result in (("a", first), ("b", again), ("c", other)):
+        write_outputs(result, tmp_path / name / "probes.json", tmp_path / name / "plots")
+        files[name] = {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.*")}
+    assert files["a"] == files["b"]
+    assert files["a"][Path("probes.json")] != files["c"][Path("probes.json")]
+    assert len(files["a"]) == 2 + len(first.curves) + len(first.confusions)
+
+
+def test_outputs_layout(tmp_path, separable):
+    _, result = separable
+    write_outputs(result, tmp_path / "metrics" / "probes.json", tmp_path / "plots")
+    metrics = json.loads((tmp_path / "metrics" / "probes.json").read_text())
+    assert metrics["random_init"]["model"] == "model-random-init"
+    assert metrics["random_init"]["set_b"]["h"]["auroc"] < 0.8 and metrics["zero_shot"]["set_b"]["h"]["auroc"] > 0.99
+    with open(tmp_path / "plots" / "probes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["task", "site", "layer", "depth", "auroc", "low", "high", "accuracy", "chance_auroc",
+                             "chance_accuracy"]
+    tasks = {r["task"] for r in rows}
+    assert {"set_a", "set_b", "transfer", "b_vs_n", "set_b_control", "random_init.set_b", "zero_shot.b_vs_n"} <= tasks
+    assert len(rows) == len(tasks) * 3 * N_LAYERS
+    with open(tmp_path / "plots" / "probes" / "layers" / "set_b.csv") as f:
+        assert f.readline().strip() == "layer,h,a,m,chance"
+    with open(tmp_path / "plots" / "probes" / "confusion" / "set_b_h.csv") as f:
+        confusion = list(csv.DictReader(f))
+    assert len(confusion) == 8 * PER_CLASS and all(r["actual"] == r["predicted"] for r in confusion)
+    with open(tmp_path / "plots" / "probes" / "confusion" / "b_vs_n_h.csv") as f:
+        assert {r["actual"] for r in csv.DictReader(f)} == {"emotional", "neutral"}
+    (tmp_path / "plots" / "probes" / "layers" / "stale.csv").write_text("x\n")
+    write_outputs(result, tmp_path / "metrics" / "probes.json", tmp_path / "plots")
+    assert not (tmp_path / "plots" / "probes" / "layers" / "stale.csv").exists()
+
+
+def test_variants_are_optional_but_not_partial(tmp_path):
+    write_prompt(tmp_path / "m" / "two-shot")
+    settings = ProbeSettings(seed=0, folds=3, n_boot=100, n_perm=0, n_jobs=1)
+    result = run_probes(tmp_path / "m", settings, control_folder=tmp_path / "m-random-init")
+    assert "random_init" not in result.metrics and "zero_shot" not in result.metrics
+    assert not any(r["task"].startswith(("random_init.", "zero_shot.")) for r in result.rows)
+    write_prompt(tmp_path / "m" / "zero-shot", sets="A")
+    with pytest.raises(DataError, match=r"zero-shot/B\.npz: not found while other sets"):
+        run_probes(tmp_path / "m", settings)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a: a.pop("a"), r"B\.npz: missing arrays a$"),
+    (lambda a: a.update(a=a["a"][:, :, :5]), r"B\.npz: a has shape \(48, 3, 5\) but h has \(48, 3, 12\)"),
+    (lambda a: a.update(emotions=a["emotions"][:10]), r"B\.npz: emotions has shape \(10,\)"),
+    (lambda a: a.update(h=a["h"][:, :2], a=a["a"][:, :2], m=a["m"][:, :2]),
+     r"B\.npz: \(n_layers, d_model\) = \(2, 12\)"),
+    (lambda a: a.update(emotions=np.where(a["emotions"] == "rage", "anger", a["emotions"])),
+     r"B\.npz: unexpected emotion label 'anger'"),
+    (lambda a: a["h"].__setitem__((0, 0, 0), np.nan), r"B\.npz: non-finite values in h"),
+])
+def test_bad_input_is_one_line_naming_the_file(tmp_path, damage, message):
+    write_prompt(tmp_path / "m" / "two-shot")
+    arrays = make_set("B", seed=1)
+    damage(arrays)
+    save_npz(tmp_path / "m" / "two-shot" / "B.npz", **arrays)
+    with pytest.raises(DataError, match=message) as err:
+        run_probes(tmp_path / "m", FAST)
+    assert "\n" not in str(err.value) and str(tmp_path / "m" / "two-shot" / "B.npz") in str(err.value)
+
+
+def test_baselines_copied_from_stimuli_metrics(tmp_path):
+    write_prompt(tmp_path / "m" / "two-shot")
+    stimuli = {"baselines": {"set_b_8class": {"length": {"auroc": 0.61, "low": 0.5, "high": 0.7}, "note": "x"},
+                             "b_vs_n": {"polarity": {"auroc": 0.88, "low": 0.8, "high": 0.93}}}}
+    path = tmp_path / "stimuli.json"
+    path.write_text(json.dumps(stimuli))
+    settings = ProbeSettings(seed=0, folds=3, n_boot=100, n_perm=0, n_jobs=1, zero_shot_prompt=None)
+    result = run_probes(tmp_path / "m", settings, baselines_path=path)
+    assert result.metrics["baselines"] == {"set_b": {"length": {"auroc": 0.61, "low": 0.5, "high": 0.7}},
+                                           "b_vs_n": {"polarity": {"auroc": 0.88, "low": 0.8, "high": 0.93}}}
+    path.write_text(json.dumps({"baselines": {"b_vs_n": {}}}))
+    with pytest.raises(DataError, match=r"stimuli\.json: missing baselines\.set_b_8class"):
+        run_probes(tmp_path / "m", settings, baselines_path=path)
+
+
+def params_file(tmp_path, probes: dict) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["probes"] = probes
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_settings_from_params(tmp_path):
+    params = load_params(params_file(tmp_path, {"n_perm": 10}))
+    settings = settings_from(params)
+    assert settings.seed == params.seed and settings.n_perm == 10
+    assert random_init_of(params, "smollm2-135m-instruct") == "smollm2-135m-instruct-random-init"
+    assert random_init_of(params, "smollm2-135m-instruct-random-init") is None
+    with pytest.raises(ConfigError, match=r"^params\.yaml: probes\.folds: must be at least 2"):
+        parse_section({"folds": 1}, ProbeSettings, "probes")
+    with pytest.raises(ConfigError, match=r"unknown prompt 'few-shot'"):
+        settings_from(load_params(params_file(tmp_path, {"zero_shot_prompt": "few-shot"})))
+
+
+def test_stage_script_end_to_end_and_one_line_error(tmp_path):
+    model = "smollm2-135m-instruct"
+    write_prompt(tmp_path / "act" / model / "two-shot")
+    params = params_file(tmp_path, {"folds": 3, "n_boot": 100, "n_perm": 0, "n_jobs": 1})
+    cmd = [sys.executable, str(REPO / "stages" / "probes.py"), "--model", model, "--params", str(params),
+           "--activations", str(tmp_path / "act"), "--metrics", str(tmp_path / "metrics"),
+           "--plots", str(tmp_path / "plots"), "--baselines", str(tmp_path / "absent.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "metrics" / model / "probes.json").read_text())["set_b"]["h"]["auroc"] > 0.99
+    assert (tmp_path / "plots" / model / "probes" / "layers" / "b_vs_n_control.csv").exists()
+    (tmp_path / "act" / model / "two-shot" / "C.npz").unlink()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "C.npz: not found" in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error")]) == 1
