@@ -117,9 +117,11 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """What `dvc repro` runs: extraction for models x prompts x sets; per-model analyses for `analyze`."""
     models: tuple[str, ...]
     prompts: tuple[str, ...]
     sets: tuple[str, ...]
+    analyze: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
             raise ConfigError(f"params.yaml: prompts.{name}.template: must contain {{text}} exactly once")
         prompts[name] = prompt
     run = parse_section(raw.get("run"), RunSpec, "run")
-    for key, known in (("models", models), ("prompts", prompts), ("sets", stimuli)):
+    for key, known in (("models", models), ("prompts", prompts), ("sets", stimuli), ("analyze", run.models)):
         for item in getattr(run, key):
             if item not in known:
                 raise ConfigError(f"params.yaml: run.{key}: unknown {key[:-1]} {item!r} (known: {', '.join(known)})")

@@ -6,7 +6,6 @@ number is computed the same way. AUROC chance is 0.5; accuracy chance is 1/k.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -45,14 +44,17 @@ def cv_proba(X: np.ndarray, y: np.ndarray, splits, C: float = 1.0, model_factory
     return proba
 
 
-def _auroc_rows(labels01: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUROC for each row of `(B, n)` binary labels and scores (ties count half). NaN if one class."""
-    ranks = rankdata(scores, axis=-1)
-    n_pos = labels01.sum(axis=-1)
-    n_neg = labels01.shape[-1] - n_pos
-    rank_sum = (ranks * labels01).sum(axis=-1)
+def _pairwise_auroc(is_pos: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AUROC of binary labels and scores for each row of item multiplicities `counts (B, n)` (ties count half).
+
+    A resample's AUROC is the count-weighted share of (positive, negative) pairs ranked right, so one comparison
+    matrix serves every bootstrap resample (no per-resample ranking). NaN where a resample lacks a class.
+    """
+    pos, neg = scores[is_pos], scores[~is_pos]
+    right = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    c_pos, c_neg = counts[:, is_pos], counts[:, ~is_pos]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        return ((c_pos @ right) * c_neg).sum(axis=1) / (c_pos.sum(axis=1) * c_neg.sum(axis=1))
 
 
 def auroc(y: np.ndarray, proba: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
@@ -64,13 +66,20 @@ def auroc(y: np.ndarray, proba: np.ndarray, index: np.ndarray | None = None) -> 
     classes = np.unique(y)
     proba = np.asarray(proba, dtype=np.float64)
     single = index is None
-    index = np.arange(len(y))[None, :] if single else np.asarray(index)
-    yb = y[index]
-    if len(classes) == 2:
-        result = _auroc_rows((yb == classes[1]).astype(float), proba[index, 1] if proba.ndim == 2 else proba[index])
+    n = len(y)
+    if single:
+        counts = np.ones((1, n))
     else:
-        per_class = [_auroc_rows((yb == c).astype(float), proba[index, j]) for j, c in enumerate(classes)]
-        result = np.nanmean(np.stack(per_class), axis=0) if len(per_class) else np.full(len(index), np.nan)
+        index = np.asarray(index)
+        rows = len(index)
+        counts = np.bincount((index + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
+        counts = counts.astype(np.float64)
+    if len(classes) == 2:
+        scores = proba[:, 1] if proba.ndim == 2 else proba
+        result = _pairwise_auroc(y == classes[1], scores, counts)
+    else:
+        per_class = [_pairwise_auroc(y == c, proba[:, j], counts) for j, c in enumerate(classes)]
+        result = np.nanmean(np.stack(per_class), axis=0)
     return float(result[0]) if single else result
 
 
