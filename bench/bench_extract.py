@@ -1,6 +1,7 @@
 """Extraction speed, as ratios measured in one run on the embedded models:
   1. extraction throughput vs the bare model forward on the same batches (hook overhead; target >= 0.9x)
-  2. batched vs one-at-a-time extraction (target >= 3x on 2 cores)
+  2. batched vs one-at-a-time extraction (target >= 3x on 2 cores), and vs the naive per-stimulus loop (full
+     logits at every position, output_attentions and output_hidden_states, slicing the last position afterwards)
   3. load time from the safetensors cache vs from GGUF
 Usage: python bench/bench_extract.py [--models ...] [--n 32]
 """
@@ -67,6 +68,16 @@ def main():
         t_extract = timed(lambda: extract(loaded, items, template, settings, progress=False))
         t_single = timed(lambda: extract(loaded, items, template, ExtractSettings(batch_size=1), progress=False),
                          repeat=1)
+
+        def naive():
+            with torch.inference_mode():
+                for ids in prompts:
+                    out = loaded.model(input_ids=torch.tensor([ids]), output_attentions=True,
+                                       output_hidden_states=True, use_cache=False)
+                    [h[:, -1].numpy() for h in out.hidden_states], [a[:, :, -1].numpy() for a in out.attentions]
+                    out.logits[:, -1].numpy()
+
+        t_naive = timed(naive, repeat=1)
         n_tokens = sum(len(p) for p in prompts)
         print(f"{name}: {args.n} prompts, {n_tokens} tokens, batch {args.batch_size}, float32, "
               f"{torch.get_num_threads()} threads")
@@ -74,6 +85,7 @@ def main():
         print(f"  extraction (batched)  {t_extract:7.2f} s  ({n_tokens / t_extract:6.0f} tokens/s)"
               f"  throughput vs bare: {t_bare / t_extract:.2f}x (target >= 0.9x)")
         print(f"  extraction (1 by 1)   {t_single:7.2f} s  batched speed-up: {t_single / t_extract:.2f}x (target >= 3x)")
+        print(f"  naive loop (1 by 1)   {t_naive:7.2f} s  extraction speed-up: {t_naive / t_extract:.2f}x")
         spec = params.model(name)
         if spec.source == "gguf-package":
             from transformers import AutoModelForCausalLM
