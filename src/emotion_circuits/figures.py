@@ -1,0 +1,316 @@
+"""Publication figures from stage outputs. Each plot function takes DataFrames or arrays and returns a matplotlib
+Figure (built without pyplot, so no global state); `save` writes it as .png and .svg atomically.
+
+Conventions: Okabe-Ito colours (colour-blind safe) with line styles / markers as a second cue, fonts >= 8 pt at the
+printed size (3.5 in for one column, 7 in for two), legends outside the axes, AUROC chance drawn at 0.5.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from .config import EMOTIONS  # noqa: E402
+from .io import atomic_path  # noqa: E402
+
+OKABE_ITO = {"blue": "#0072B2", "vermillion": "#D55E00", "green": "#009E73", "purple": "#CC79A7",
+             "orange": "#E69F00", "sky": "#56B4E9", "yellow": "#F0E442", "black": "#000000"}
+SERIES = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "purple", "orange", "sky", "black", "yellow")]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+COLUMN, WIDE, DPI = 3.5, 7.0, 200           # inches, inches, dots per inch
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
+         "legend.fontsize": 8, "figure.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False,
+         "savefig.dpi": DPI, "svg.hashsalt": "emotion-circuits", "figure.constrained_layout.use": True}
+CHANCE_AUROC = 0.5
+GREY = "#777777"
+
+
+def styled(fn):
+    """Build the figure under the house style (font sizes are fixed when text is created)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """`stem`.png and `stem`.svg, each written to a temporary name in the folder and renamed; no date in the SVG, so
+    the same figure gives the same bytes."""
+    paths = []
+    with plt.rc_context(STYLE):
+        for ext, meta in ((".png", {"Software": None}), (".svg", {"Date": None})):
+            path = Path(stem).with_suffix(ext)
+            with atomic_path(path, suffix=ext) as tmp:
+                fig.savefig(tmp, format=ext[1:], metadata=meta)
+            paths.append(path)
+    return paths
+
+
+def _panels(n: int, height: float, ncols: int | None = None, width: float | None = None):
+    ncols = ncols or min(n, 3)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(width or (COLUMN if n == 1 else WIDE), height * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _chance(ax, others: dict[str, float] | None = None) -> None:
+    """AUROC chance, 0.5, as a dashed line labelled in the right margin (where no data is drawn), together with the
+    labels of `others` (label -> y) so that no two overlap."""
+    ax.axhline(CHANCE_AUROC, color=GREY, lw=0.8, ls=(0, (4, 3)), zorder=0)
+    _margin_labels(ax, {"chance": CHANCE_AUROC, **(others or {})})
+
+
+def _margin_labels(ax, values: dict[str, float], color=GREY, gap: float = 0.045) -> None:
+    """Write each label just right of the axes at its y value (data units), nudged apart so none overlap."""
+    placed = []
+    for label, y in sorted(values.items(), key=lambda kv: kv[1]):
+        y_text = max(y, placed[-1] + gap) if placed else y
+        placed.append(y_text)
+        ax.annotate(label, xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(1.02, y_text),
+                    textcoords=("axes fraction", "data"), va="center", ha="left", color=color, fontsize=8,
+                    annotation_clip=False)
+
+
+def _curve(ax, frame: pd.DataFrame, color, ls="-", band: float = 0.25, marker=None, label=None):
+    """AUROC `frame` (rows of one task and site: depth, auroc, low, high) with its interval shaded."""
+    frame = frame.sort_values("depth")
+    ax.plot(frame["depth"], frame["auroc"], color=color, ls=ls, lw=1.3, marker=marker, ms=3, label=label)
+    if band:
+        ax.fill_between(frame["depth"], frame["low"], frame["high"], color=color, alpha=band, lw=0)
+
+
+def _auroc_axes(ax, frames, title: str):
+    low = min([0.3] + [f["low"].min() for f in frames if len(f)])
+    ax.set_ylim(max(0.0, low - 0.02), 1.02)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("relative depth (layer+1)/L")
+    ax.set_ylabel("macro one-vs-rest AUROC")
+    ax.set_title(title)
+
+
+def _select(probes: pd.DataFrame, task: str, site: str = "h") -> pd.DataFrame:
+    return probes[(probes["task"] == task) & (probes["site"] == site)]
+
+
+@styled
+def auroc_depth(probes: dict[str, pd.DataFrame], text_only: dict[str, float] | None = None) -> Figure:
+    """Set A and Set B 8-class AUROC against relative depth, one panel per model (site h): 95% intervals shaded,
+    the random-init model dashed, the control task (labels shuffled once) dotted, chance 0.5, and the best text-only
+    baseline of Set B (`text_only`: method -> AUROC) dash-dotted."""
+    fig, axes = _panels(len(probes), 2.6)
+    colors = {"set_a": OKABE_ITO["blue"], "set_b": OKABE_ITO["vermillion"]}
+    for ax, (model, frame) in zip(axes, probes.items()):
+        shown = []
+        for task, color in colors.items():
+            main = _select(frame, task)
+            _curve(ax, main, color)
+            shown.append(main)
+            rand = _select(frame, f"random_init.{task}")
+            if len(rand):
+                _curve(ax, rand, color, ls="--", band=0.1)
+                shown.append(rand)
+            control = _select(frame, f"{task}_control")
+            if len(control):
+                _curve(ax, control, color, ls=":", band=0)
+                shown.append(control)
+        if text_only:
+            method = max(text_only, key=text_only.get)
+            ax.axhline(text_only[method], color=colors["set_b"], lw=0.9, ls="-.", zorder=0)
+        _chance(ax)
+        _auroc_axes(ax, shown, model)
+    handles = [Line2D([], [], color=colors["set_a"], lw=4, alpha=0.6, label="Set A (expressive), 95% CI"),
+               Line2D([], [], color=colors["set_b"], lw=4, alpha=0.6, label="Set B (vignettes), 95% CI"),
+               Line2D([], [], color="k", ls="-", label="trained model"),
+               Line2D([], [], color="k", ls="--", label="random-init model"),
+               Line2D([], [], color="k", ls=":", label="control task (shuffled labels)"),
+               Line2D([], [], color=GREY, ls=(0, (4, 3)), label="chance (AUROC 0.5)")]
+    if text_only:
+        method = max(text_only, key=text_only.get)
+        handles.append(Line2D([], [], color=colors["set_b"], ls="-.", label=f"Set B text only ({method})"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(probes) > 1 else 2, frameon=False)
+    fig.suptitle("Emotion probes (8 classes) by depth, residual stream h")
+    return fig
+
+
+@styled
+def transfer_binary(probes: dict[str, pd.DataFrame], text_only: dict[str, float] | None = None,
+                    threshold: float | None = None) -> Figure:
+    """Left: transfer (probe fit on Set A, scored on Set B); right: binary Set B vs Set N, with the control task
+    and, when given, the text-only baselines of the binary task (`text_only`: method -> AUROC) and the first layer
+    reaching `threshold` (triangle). One colour per model, random-init dashed; site h."""
+    fig, (left, right) = _panels(2, 2.6, ncols=2)
+    shown = {left: [], right: []}
+    for i, (model, frame) in enumerate(probes.items()):
+        color, marker = SERIES[i % len(SERIES)], MARKERS[i % len(MARKERS)]
+        for ax, task in ((left, "transfer"), (right, "b_vs_n")):
+            main = _select(frame, task)
+            _curve(ax, main, color, label=model)
+            _curve(ax, _select(frame, f"random_init.{task}"), color, ls="--", band=0.1)
+            _curve(ax, _select(frame, f"{task}_control"), color, ls=":", band=0)
+            shown[ax] += [main, _select(frame, f"random_init.{task}"), _select(frame, f"{task}_control")]
+            if task == "b_vs_n" and threshold is not None:
+                hit = main.sort_values("depth")
+                hit = hit[hit["auroc"] >= threshold]
+                if len(hit):
+                    ax.plot(hit["depth"].iloc[0], 1.0, marker="v", color=color, ms=6, clip_on=False)
+    for value in (text_only or {}).values():
+        right.axhline(value, color=GREY, lw=0.8, ls="-.", zorder=0)
+    _chance(left)
+    _chance(right, {f"text: {method}": value for method, value in (text_only or {}).items()})
+    for ax, title in ((left, "Transfer: fit on Set A, scored on Set B"), (right, "Set B vs Set N (binary)")):
+        _auroc_axes(ax, shown[ax], title)
+    right.set_ylabel("AUROC")
+    handles = [Line2D([], [], color=SERIES[i % len(SERIES)], lw=1.3, label=m) for i, m in enumerate(probes)]
+    handles += [Line2D([], [], color="k", ls="--", label="random-init model"),
+                Line2D([], [], color="k", ls=":", label="control task"),
+                Line2D([], [], color=GREY, ls=(0, (4, 3)), label="chance (AUROC 0.5)")]
+    if text_only:
+        handles.append(Line2D([], [], color=GREY, ls="-.", label="text-only baseline (no model)"))
+    if threshold is not None:
+        handles.append(Line2D([], [], color="k", marker="v", ls="", label=f"first layer >= {threshold:g}"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    return fig
+
+
+@styled
+def pca_scatter(coords: dict[str, pd.DataFrame], titles: dict[str, str], axis_labels: dict[str, tuple],
+                suptitle: str = "") -> Figure:
+    """PCA coordinates (`id, emotion, pc1, pc2` per set) at the peak layer, one panel per set, the 8 emotions in 8
+    colours and 8 marker shapes."""
+    fig, axes = _panels(len(coords), 3.2, ncols=2)
+    for ax, (name, frame) in zip(axes, coords.items()):
+        for k, emotion in enumerate(EMOTIONS):
+            pts = frame[frame["emotion"] == emotion]
+            ax.scatter(pts["pc1"], pts["pc2"], s=16, color=SERIES[k], marker=MARKERS[k], edgecolor="k",
+                       linewidth=0.3, label=emotion)
+        ax.set_xlabel(axis_labels[name][0])
+        ax.set_ylabel(axis_labels[name][1])
+        ax.set_title(titles[name])
+        ax.set_aspect("equal", adjustable="datalim")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False, markerscale=1.3)
+    fig.suptitle(suptitle)
+    return fig
+
+
+def _heatmap(ax, matrix: np.ndarray, rows, cols, vmin, vmax, cmap, fmt="{:.2f}", annotate=True):
+    """`matrix (len(rows), len(cols))` as an image with the values written in (white on dark cells)."""
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.spines[:].set_visible(False)
+    if annotate:
+        for (i, j), v in np.ndenumerate(matrix):
+            if np.isfinite(v):
+                r, g, b, _ = image.cmap(image.norm(v))
+                text = fmt.format(v)
+                text = fmt.format(0.0) if float(text) == 0 else text        # no "-0.00"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
+    return image
+
+
+@styled
+def cosine_heatmaps(cosines: dict[str, pd.DataFrame], titles: dict[str, str], order=EMOTIONS,
+                    suptitle: str = "") -> Figure:
+    """Centroid cosine similarity (`emotion_a, emotion_b, cosine` per set), one panel per set, emotions in `order`
+    (Plutchik's wheel order puts neighbours side by side; opposites are 4 apart). The diagonal (always 1) is left
+    blank and the colour scale is symmetric around 0 up to the largest off-diagonal value, so structure shows."""
+    fig, axes = _panels(len(cosines), 3.4, ncols=2)
+    matrices = {}
+    for name, frame in cosines.items():
+        matrix = frame.pivot(index="emotion_a", columns="emotion_b", values="cosine").loc[list(order), list(order)]
+        matrices[name] = np.where(np.eye(len(order), dtype=bool), np.nan, matrix.to_numpy(dtype=float))
+    limit = max([0.1] + [np.nanmax(np.abs(m)) for m in matrices.values()])
+    limit = np.ceil(limit * 10) / 10
+    image = None
+    for ax, (name, matrix) in zip(axes, matrices.items()):
+        image = _heatmap(ax, matrix, order, order, -limit, limit, "RdBu_r", fmt="{:.1f}")
+        ax.set_title(titles[name])
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="cosine similarity of centroids")
+    fig.suptitle(suptitle)
+    return fig
+
+
+@styled
+def cka_models(cka: pd.DataFrame, models: list[str]) -> Figure:
+    """Mean linear CKA over matched relative depths between every pair of `models`: plain (left) and debiased (right).
+    `cka` has the stage's rows: model_a, model_b, depth_a, depth_b, cka, cka_debiased."""
+    matched = cka[np.isclose(cka["depth_a"], cka["depth_b"])]
+    matrices = {}
+    for column in ("cka", "cka_debiased"):
+        matrix = np.eye(len(models))
+        for (a, b), rows in matched.groupby(["model_a", "model_b"]):
+            if a in models and b in models:
+                i, j = models.index(a), models.index(b)
+                matrix[i, j] = matrix[j, i] = rows[column].mean()
+        matrices[column] = matrix
+    vmin = min(0.0, min(np.nanmin(m) for m in matrices.values()))
+    fig, axes = _panels(2, 3.6, ncols=2)
+    image = None
+    for ax, (column, matrix) in zip(axes, matrices.items()):
+        image = _heatmap(ax, matrix, models, models, vmin, 1.0, "viridis")
+        ax.set_title("debiased linear CKA" if column == "cka_debiased" else "linear CKA")
+    fig.colorbar(image, ax=list(axes), shrink=0.7, label="CKA (1 = same geometry)")
+    fig.suptitle("Mean CKA over matched relative depths, residual stream h")
+    return fig
+
+
+@styled
+def cka_depths(cka: pd.DataFrame, pairs: list[tuple[str, str]]) -> Figure:
+    """Linear CKA between every depth of model a (rows) and model b (columns), one panel per pair."""
+    fig, axes = _panels(len(pairs), 3.0, ncols=min(len(pairs), 2))
+    image = None
+    for ax, (a, b) in zip(axes, pairs):
+        rows = cka[(cka["model_a"] == a) & (cka["model_b"] == b)]
+        matrix = rows.pivot(index="depth_a", columns="depth_b", values="cka")
+        image = _heatmap(ax, matrix.to_numpy(), [f"{d:.2f}" for d in matrix.index],
+                         [f"{d:.2f}" for d in matrix.columns], 0, 1, "viridis", annotate=len(matrix) <= 6)
+        ax.set_xlabel(f"{b}: relative depth")
+        ax.set_ylabel(f"{a}: relative depth")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="linear CKA")
+    fig.suptitle("Linear CKA between depths of two models, residual stream h")
+    return fig
+
+
+@styled
+def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
+    """Share of the extraction position's attention on the stimulus text by depth (mean over heads and stimuli),
+    two sets per model (top), and their difference with its 95% bootstrap interval (bottom)."""
+    n = len(layers)
+    fig = Figure(figsize=(COLUMN if n == 1 else WIDE, 4.2))
+    axes = fig.subplots(2, n, squeeze=False, sharex=True)
+    for col, (model, frame) in enumerate(layers.items()):
+        frame = frame.sort_values("depth")
+        top, bottom = axes[0, col], axes[1, col]
+        sa, sb = frame["set_a"].iloc[0], frame["set_b"].iloc[0]
+        top.plot(frame["depth"], frame["text_share_a"], color=OKABE_ITO["blue"], marker="o", ms=3, label=f"Set {sa}")
+        top.plot(frame["depth"], frame["text_share_b"], color=OKABE_ITO["vermillion"], marker="s", ms=3,
+                 label=f"Set {sb}")
+        top.set_ylim(0, 1)
+        top.set_title(model)
+        top.set_ylabel("attention on text (fraction)")
+        bottom.plot(frame["depth"], frame["diff"], color="k", lw=1.2)
+        bottom.fill_between(frame["depth"], frame["low"], frame["high"], color=GREY, alpha=0.35, lw=0)
+        bottom.axhline(0, color=GREY, lw=0.8, ls=(0, (4, 3)))
+        bottom.set_ylabel(f"Set {sa} minus Set {sb} (fraction)")
+        bottom.set_xlabel("relative depth (layer+1)/L")
+        bottom.set_xlim(0, 1)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles.append(Line2D([], [], color=GREY, lw=4, alpha=0.5, label="difference, 95% CI"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle("Attention of the extraction position on the stimulus text")
+    return fig

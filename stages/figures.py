@@ -1,0 +1,95 @@
+"""dvc stage `figures`: every publication figure, as .png and .svg in figures/, from the stage outputs of the models
+in params `run.analyze` (metrics/ and plots/ only; no value is typed in).
+
+probes outputs are required; a figure whose optional input (geometry, CKA, attention, interventions, text-only
+baselines) is absent is skipped, or drawn without that part, with a warning.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from emotion_circuits import cli, figures as F, report
+from emotion_circuits.config import load_params
+from emotion_circuits.geometry import WHEEL
+from emotion_circuits.probes import CSV_COLUMNS, ProbeSettings, random_init_of
+
+log = logging.getLogger("figures")
+
+
+def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:
+    """{method: AUROC} of the stimuli stage's text-only baselines of `task`, or None."""
+    found = ((stimuli or {}).get("baselines") or {}).get(task) or {}
+    return {k: v["auroc"] for k, v in found.items() if isinstance(v, dict) and "auroc" in v} or None
+
+
+def geometry_figures(outputs: report.Outputs, model: str):
+    """(name, thunk) of the PCA scatter and the centroid cosine heatmaps of one model, if its geometry ran."""
+    metrics = outputs.json(f"{model}/geometry.json", why=f"the PCA and cosine figures of {model}")
+    if not metrics:
+        return []
+    sets = [s for s, v in sorted(metrics.items()) if isinstance(v, dict) and "best_layer" in v]
+    where = outputs.metrics / model / "geometry.json"
+    titles, axis = {}, {}
+    for s in sets:
+        layer, n_layers = report.get(metrics, f"{s}.best_layer", where), report.get(metrics, f"{s}.n_layers", where)
+        titles[s] = f"Set {s}: layer {layer}, depth {100 * (layer + 1) / n_layers:.0f} %"
+        axis[s] = tuple(f"PC{c} ({100 * report.get(metrics, f'{s}.pc{c}_var', where):.0f} % of variance)"
+                        for c in (1, 2))
+    pca = {s: outputs.csv(f"{model}/pca_{s}.csv", ("emotion", "pc1", "pc2"), required=True) for s in sets}
+    cos = {s: outputs.csv(f"{model}/centroid_cosine_{s}.csv", ("emotion_a", "emotion_b", "cosine"), required=True)
+           for s in sets}
+    where_text = "residual stream h at each set's highest-silhouette layer"
+    return [(f"pca_{model}", lambda: F.pca_scatter(pca, titles, axis, f"{model}: PCA of the {where_text}")),
+            (f"centroid_cosine_{model}", lambda: F.cosine_heatmaps(
+                cos, titles, order=WHEEL, suptitle=f"{model}: emotion centroids, {where_text}\n(rows and columns "
+                "in Plutchik wheel order: neighbours adjacent, opposites 4 apart)"))]
+
+
+def figure_jobs(outputs: report.Outputs, params) -> list:
+    """(name, thunk returning a Figure) of every figure whose inputs exist."""
+    models = list(params.run.analyze)
+    probes = {m: outputs.csv(f"{m}/probes.csv", CSV_COLUMNS, required=True) for m in models}
+    stimuli = outputs.json("stimuli.json", why="the text-only baseline lines")
+    threshold = params.section("probes", ProbeSettings).saturation
+    jobs = [("auroc_depth", lambda: F.auroc_depth(probes, text_only(stimuli, "set_b_8class"))),
+            ("transfer_binary", lambda: F.transfer_binary(probes, text_only(stimuli, "b_vs_n"), threshold))]
+    for model in models:
+        jobs += geometry_figures(outputs, model)
+    cka = outputs.csv("cka.csv", ("model_a", "model_b", "depth_a", "depth_b", "cka", "cka_debiased"),
+                      why="the CKA figures")
+    if cka is not None:
+        present = [m for m in params.run.models if m in set(cka["model_a"]) | set(cka["model_b"])]
+        pairs = [(a, b) for a, b in cka[["model_a", "model_b"]].drop_duplicates().itertuples(index=False)
+                 if (a in models and b in models) or random_init_of(params, a) == b]
+        jobs += [("cka_models", lambda: F.cka_models(cka, present)), ("cka_depths", lambda: F.cka_depths(cka, pairs))]
+    layers = {m: f for m in models if (f := outputs.csv(f"{m}/attention_sets.csv",
+                                                        ("depth", "text_share_a", "text_share_b", "diff", "low",
+                                                         "high"), why=f"{m} in the attention figure")) is not None}
+    if layers:
+        jobs.append(("attention_text_share", lambda: F.attention_sets(layers)))
+    return jobs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--metrics", default="metrics")
+    parser.add_argument("--plots", default="plots")
+    parser.add_argument("--figures", default="figures", help="output folder")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    outputs = report.Outputs(Path(args.metrics), Path(args.plots))
+    jobs = figure_jobs(outputs, params)
+    for name, build in jobs:
+        fig = build()
+        F.save(fig, Path(args.figures) / name)
+        plt.close(fig)
+        log.info("wrote %s.png and .svg", Path(args.figures) / name)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,152 @@
+"""Figures stage on the fixture run of test_report: every figure written as PNG and SVG at the stated size, drawn
+from the stage outputs (curve values equal the CSV values), chance where it is, house style, absent optional inputs
+skipped with a warning, a missing required input named in one line."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+
+from emotion_circuits import figures as F, report
+from emotion_circuits.config import load_params
+from emotion_circuits.io import DataError
+from test_report import MODELS, ROOT, build_run, copy_run, stage
+
+
+@pytest.fixture(scope="session")
+def run_root(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.getbasetemp() / "fixture-run")
+
+
+def expected_names() -> list[str]:
+    names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "attention_text_share"]
+    for model in MODELS:
+        names += [f"pca_{model}", f"centroid_cosine_{model}"]
+    return sorted(names)
+
+
+def draw(root: Path, out: Path) -> None:
+    stage("figures").main(["--params", str(root / "params.yaml"), "--metrics", str(root / "metrics"),
+                           "--plots", str(root / "plots"), "--figures", str(out)])
+
+
+def jobs(root: Path) -> dict:
+    outputs = report.Outputs(root / "metrics", root / "plots")
+    return dict(stage("figures").figure_jobs(outputs, load_params(root / "params.yaml")))
+
+
+@pytest.fixture(scope="module")
+def drawn(run_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("figures")
+    draw(run_root, out)
+    return out
+
+
+def test_every_figure_is_written_as_png_and_svg_at_its_size(run_root, drawn):
+    expected = sorted(f"{n}.{e}" for n in expected_names() for e in ("png", "svg"))
+    assert sorted(p.name for p in drawn.iterdir()) == expected
+    built = jobs(run_root)
+    assert sorted(built) == expected_names()
+    for name, build in built.items():
+        fig = build()
+        width, height = fig.get_size_inches()
+        image = mpimg.imread(drawn / f"{name}.png")
+        assert image.shape[:2] == (round(height * F.DPI), round(width * F.DPI)), name
+        assert width in (F.COLUMN, F.WIDE), name                      # one column or two
+        assert image.std() > 0.05, name                               # not blank
+        svg = (drawn / f"{name}.svg").read_text()
+        assert svg.startswith("<?xml") and "<svg" in svg and "<dc:date>" not in svg
+
+
+def lines(fig) -> list[Line2D]:
+    return [line for ax in fig.axes for line in ax.get_lines()]
+
+
+def horizontal_levels(fig) -> set[float]:
+    levels = set()
+    for line in lines(fig):
+        y = np.asarray(line.get_ydata(), float)
+        if len(y) == 2 and y[0] == y[1] and list(line.get_xdata()) == [0, 1]:
+            levels.add(float(y[0]))
+    return levels
+
+
+def test_auroc_figures_draw_chance_at_one_half_and_plot_the_stage_values(run_root):
+    built = jobs(run_root)
+    probes = pd.read_csv(run_root / "plots" / "tiny-llama" / "probes.csv")
+    for name in ("auroc_depth", "transfer_binary"):
+        fig = built[name]()
+        levels = horizontal_levels(fig)
+        assert 0.5 in levels and 1 / 8 not in levels, name
+        for ax in fig.axes:
+            assert ax.get_ylim()[0] <= 0.5 <= ax.get_ylim()[1]
+    fig = built["auroc_depth"]()
+    set_b = probes[(probes["task"] == "set_b") & (probes["site"] == "h")].sort_values("depth")
+    plotted = [l for l in fig.axes[0].get_lines() if len(l.get_xdata()) == len(set_b)]
+    assert any(np.array_equal(l.get_ydata(), set_b["auroc"].to_numpy()) for l in plotted)
+    assert 0.74 in horizontal_levels(fig)        # Set B text-only (bow) baseline
+    binary = built["transfer_binary"]()
+    assert {0.71, 0.88, 0.93} <= horizontal_levels(binary)                        # the b_vs_n text-only baselines
+
+
+def test_house_style_fonts_and_palette(run_root):
+    allowed = {c.lower() for c in F.OKABE_ITO.values()} | {F.GREY, "#000000"}
+    for name, build in jobs(run_root).items():
+        fig = build()
+        small = [t.get_text() for t in fig.findobj(Text) if t.get_text().strip() and t.get_fontsize() < 8]
+        assert not small, (name, small)
+        colours = {to_hex(line.get_color()) for line in lines(fig)}
+        assert colours <= allowed, (name, colours - allowed)
+
+
+def test_same_inputs_same_bytes(run_root, tmp_path):
+    build = jobs(run_root)["auroc_depth"]
+    first = F.save(build(), tmp_path / "a" / "x")
+    second = F.save(build(), tmp_path / "b" / "x")
+    for p, q in zip(first, second):
+        assert p.read_bytes() == q.read_bytes(), p.suffix
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.png", "x.svg"]     # no temporary left
+
+
+def test_missing_optional_inputs_skip_their_figures_with_a_warning(run_root, tmp_path, caplog):
+    root = copy_run(run_root, tmp_path)
+    gone = [root / "metrics" / "tiny-gemma" / "geometry.json", root / "plots" / "cka.csv",
+            root / "plots" / "tiny-llama" / "attention_sets.csv", root / "metrics" / "stimuli.json"]
+    for path in gone:
+        path.unlink()
+    with caplog.at_level(logging.WARNING):
+        draw(root, tmp_path / "figures")
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    for path in gone:
+        assert f"{path}: not found" in warned
+    drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
+    assert drawn == sorted(["auroc_depth", "transfer_binary", "attention_text_share", "pca_tiny-llama",
+                            "centroid_cosine_tiny-llama"])
+    attention = jobs(root)["attention_text_share"]()
+    assert [ax.get_title() for ax in attention.axes if ax.get_title()] == ["tiny-gemma"]
+
+
+def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):
+    root = copy_run(run_root, tmp_path)
+    path = root / "plots" / "tiny-gemma" / "probes.csv"
+    frame = pd.read_csv(path)
+    frame.drop(columns="high").to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"tiny-gemma/probes\.csv: missing column high \(has task,"):
+        draw(root, tmp_path / "figures")
+    path.unlink()
+    cmd = [sys.executable, str(ROOT / "stages" / "figures.py"), "--params", str(root / "params.yaml"),
+           "--metrics", str(root / "metrics"), "--plots", str(root / "plots"), "--figures", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {path}: not found (run its stage: `dvc repro`, or `dvc pull`)"]
+    assert not (tmp_path / "out").exists()

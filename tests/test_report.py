@@ -1,0 +1,299 @@
+"""Summary stage on a fixture run: tiny synthetic activations of two "models" (and their random-init partners) go
+through the real probes, geometry, cka and attention stage code; the summary must copy their numbers exactly, give
+one column per model, skip absent optional inputs with a warning and name a missing required file in one line.
+`build_run` is shared with tests/test_figures.py (built once per session)."""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from emotion_circuits import report
+from emotion_circuits.config import EMOTIONS, load_params
+from emotion_circuits.io import DataError, save_npz
+from emotion_circuits.probes import random_init_of, run_probes, settings_from, write_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_CLASS, D, HEADS = 6, 12, 2
+MODELS = {"tiny-llama": 5, "tiny-gemma": 7}                 # trained model -> n_layers
+ZERO_SHOT = ("tiny-llama",)                                  # models with zero-shot activations
+# prompt tokens: <bos> Text : [5 text tokens] \n Answer :   -> 11 tokens in 12 slots, text span [3, 8)
+TEXT = {"A": ["ĠI", "Ġwas", "Ġfur", "ious", "."], "B": ["ĠThe", "Ġbus", "Ġleft", "Ġearly", "."]}
+LEXICON = "rage: [furious]\ngrief: [heartbroken]\n"
+
+PARAMS = {
+    "seed": 0,
+    "stimuli": {s: f"stimuli/set_{s}.jsonl" for s in "ABNC"},
+    "models": {**{m: {"source": "hf", "hf_id": f"x/{m}"} for m in MODELS},
+               **{f"{m}-random-init": {"source": "random-init", "base": m} for m in MODELS}},
+    "prompts": {"two-shot": {"template": "Text: {text}\nAnswer:"}, "zero-shot": {"template": "{text}\nAnswer:"}},
+    "run": {"models": [*MODELS, *(f"{m}-random-init" for m in MODELS)], "prompts": ["two-shot", "zero-shot"],
+            "sets": list("ABNC"), "analyze": list(MODELS)},
+    "probes": {"folds": 3, "n_boot": 100, "n_perm": 5, "n_jobs": 1},
+    "geometry": {"n_perm": 19, "n_components": 4},
+    "cka": {"n_depths": 4},
+    "attention": {"n_boot": 100, "top_heads": 2, "lexicon": "LEXICON"},
+}
+# text-only baselines as the stimuli stage writes them (metrics/stimuli.json `baselines`)
+STIMULI = {"baselines": {
+    "set_b_8class": {m: {"auroc": a, "low": a - 0.1, "high": a + 0.05} for m, a in
+                     (("length", 0.52), ("polarity", 0.61), ("bow", 0.74))},
+    "b_vs_n": {m: {"auroc": a, "low": a - 0.06, "high": a + 0.04} for m, a in
+               (("length", 0.71), ("polarity", 0.88), ("bow", 0.93))}}}
+
+
+def stage(name: str):
+    """Import a stage script (stages/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_set(name: str, n_layers: int, emotion_signal, binary_signal, seed: int) -> dict[str, np.ndarray]:
+    """One activation file of the contract: Set A/B emotion k adds `emotion_signal[l] * e_k` at layer l; B adds
+    `+binary_signal[l] * e_8`, N subtracts it, C is half like each. Attention: the extraction row on 11 tokens with a
+    per-layer text share that differs between sets."""
+    rng = np.random.default_rng(seed)
+    n = 8 * PER_CLASS if name in "ABN" else 8
+    emotions = np.repeat(EMOTIONS, PER_CLASS) if name in "AB" else np.full(n, "neutral")
+    direction = np.zeros((n, D))
+    if name in "AB":
+        direction[np.arange(n), [EMOTIONS.index(e) for e in emotions]] = 1.0
+    sign = {"A": 0.0, "B": 1.0, "N": -1.0, "C": np.where(np.arange(n) < n // 2, -1.0, 1.0)}[name]
+    sign = np.broadcast_to(sign, (n,))
+    out = {}
+    for kind in ("h", "a", "m"):
+        x = rng.normal(size=(n, n_layers, D))
+        x += np.asarray(emotion_signal)[None, :, None] * direction[:, None, :]
+        x[:, :, 8] += np.asarray(binary_signal)[None, :] * sign[:, None]
+        out[kind] = x.astype(np.float32)
+    T = 12
+    depth = (np.arange(n_layers) + 1) / n_layers
+    text_share = (0.3 + 0.4 * depth[None, :, None] * (1.0 if name == "A" else 0.5)
+                  + rng.uniform(-0.05, 0.05, (n, n_layers, 1)))                     # (n, L, 1)
+    attention = np.zeros((n, n_layers, HEADS, T))
+    weights = rng.dirichlet(np.ones(5), size=(n, n_layers, HEADS))
+    attention[..., 3:8] = weights * text_share[..., None]                       # (n, L, H, 5)
+    attention[..., 0] = 0.2
+    attention[..., [1, 2, 8, 9, 10]] = ((0.8 - text_share) / 5)[..., None]
+    words = TEXT.get(name, TEXT["B"])
+    tokens = np.array([["<bos>", "Text", ":", *words, "Ċ", "Answer", ":", ""]] * n)
+    ids = np.array([f"{name.lower()}-{i:02d}" for i in range(n)])
+    return {**out, "ids": ids, "emotions": emotions, "n_tokens": np.full(n, 11), "attention": attention,
+            "tokens": tokens, "text_start": np.full(n, 3), "text_end": np.full(n, 8), "meta": np.array("{}")}
+
+
+def write_activations(root: Path, model: str, n_layers: int, trained: bool, seed: int) -> None:
+    depth = (np.arange(n_layers) + 1) / n_layers
+    if trained:   # emotion signal peaks at two thirds of the depth; the binary one is there from layer 1
+        emotion, binary = 4.0 * np.exp(-((depth - 0.66) / 0.3) ** 2), np.r_[0.2, np.full(n_layers - 1, 6.0)]
+    else:
+        emotion, binary = np.full(n_layers, 0.3), np.full(n_layers, 0.5)
+    prompts = {"two-shot": "ABNC", "zero-shot": "ABN" if model in ZERO_SHOT else ""}
+    for p, (prompt, sets) in enumerate(prompts.items()):
+        for i, name in enumerate(sets):
+            scale = 0.6 if prompt == "zero-shot" else 1.0
+            save_npz(root / "act" / model / prompt / f"{name}.npz",
+                     **make_set(name, n_layers, emotion * scale, binary, seed=seed * 100 + p * 10 + i))
+
+
+@functools.lru_cache(maxsize=None)
+def build_run(root: Path) -> Path:
+    """A full fixture run under `root`: params.yaml, stimuli metrics, activations, and the real outputs of the
+    probes, geometry, cka and attention stages for both models. Cached: built once per session."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "lexicon.yaml").write_text(LEXICON)
+    raw = json.loads(json.dumps(PARAMS))
+    raw["attention"]["lexicon"] = str(root / "lexicon.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / "metrics" / "stimuli.json").write_text(json.dumps(STIMULI))
+    for i, (model, n_layers) in enumerate(MODELS.items()):
+        write_activations(root, model, n_layers, True, seed=2 * i)
+        write_activations(root, f"{model}-random-init", n_layers, False, seed=2 * i + 1)
+    params = load_params(root / "params.yaml")
+    settings = settings_from(params)
+    common = ["--params", str(root / "params.yaml"), "--activations", str(root / "act"),
+              "--metrics", str(root / "metrics"), "--plots", str(root / "plots")]
+    for model in MODELS:
+        result = run_probes(root / "act" / model, settings, control_folder=root / "act" / random_init_of(params, model),
+                            baselines_path=root / "metrics" / "stimuli.json")
+        write_outputs(result, root / "metrics" / model / "probes.json", root / "plots" / model)
+        stage("geometry").main(["--model", model, *common])
+        stage("attention").main(["--model", model, *common])
+    stage("cka").main(common)
+    return root
+
+
+@pytest.fixture(scope="session")
+def run_root(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.getbasetemp() / "fixture-run")
+
+
+def copy_run(run_root: Path, dest: Path) -> Path:
+    """A private copy of the fixture run's outputs (and params) that a test may damage."""
+    import shutil
+    for name in ("metrics", "plots"):
+        shutil.copytree(run_root / name, dest / name)
+    shutil.copy(run_root / "params.yaml", dest / "params.yaml")
+    return dest
+
+
+def summarize(root: Path, out: Path | None = None) -> tuple[dict, str]:
+    out = out or root / "metrics"
+    stage("summary").main(["--params", str(root / "params.yaml"), "--metrics", str(root / "metrics"),
+                           "--plots", str(root / "plots"), "--out", str(out)])
+    return json.loads((out / "summary.json").read_text()), (out / "summary.md").read_text()
+
+
+def tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table as rows of cells (the separator line dropped)."""
+    found, current = [], None
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                found.append(current)
+            if not line.startswith("|---"):
+                current.append([c.strip() for c in line.strip("|").split(" | ")])
+        else:
+            current = None
+    return found
+
+
+def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
+    flat, md = summarize(run_root, tmp_path)
+    metrics = run_root / "metrics"
+    for model in MODELS:
+        probes = json.loads((metrics / model / "probes.json").read_text())
+        geometry = json.loads((metrics / model / "geometry.json").read_text())
+        attention = json.loads((metrics / model / "attention.json").read_text())
+        expected = {
+            "h.set_a.auroc": probes["set_a"]["h"]["auroc"], "h.set_b.auroc_low": probes["set_b"]["h"]["low"],
+            "h.transfer.auroc_high": probes["transfer"]["h"]["high"],
+            "h.peak_depth.depth": probes["set_b"]["h"]["peak_depth"],
+            "h.peak_depth.layer": probes["set_b"]["h"]["peak_layer"],
+            "h.saturation.layer": probes["b_vs_n"]["h"]["saturation_layer"],
+            "m.set_b.auroc": probes["set_b"]["m"]["auroc"],
+            "h.set_b.random_init.auroc": probes["random_init"]["set_b"]["h"]["auroc"],
+            "h.set_b.selectivity.selectivity": probes["set_b"]["h"]["selectivity"],
+            "h.set_a.p_perm.p": probes["set_a"]["h"]["p_perm"],
+            "h.saturation.set_c.fraction": probes["set_c"]["h"]["fraction_emotional"],
+            "geometry.B.silhouette.p": geometry["B"]["silhouette_p"],
+            "geometry.A.wheel.spearman": geometry["A"]["wheel_spearman"],
+            "attention.text_share_diff.diff_low": attention["compare"]["text_share_diff"]["low"],
+        }
+        for key, value in expected.items():
+            assert flat[f"{model}/{key}"] == value, key
+        if model in ZERO_SHOT:
+            assert flat[f"{model}/h.transfer.zero_shot.auroc"] == probes["zero_shot"]["transfer"]["h"]["auroc"]
+        else:
+            assert "zero_shot" not in probes and not any(k.startswith(f"{model}/h.transfer.zero_shot") for k in flat)
+        b = probes["set_b"]["h"]
+        row = next(r for r in tables(md)[0] if r[0].startswith("Set B"))
+        column = list(MODELS).index(model) + 1
+        assert row[column] == f"{b['auroc']:.3f} [{b['low']:.3f}, {b['high']:.3f}]"
+    assert flat["text_only/b_vs_n.length.auroc"] == STIMULI["baselines"]["b_vs_n"]["length"]["auroc"]
+    pair = json.loads((metrics / "cka.json").read_text())["pairs"]["tiny-llama__tiny-gemma"]
+    assert flat["cka/tiny-llama__tiny-gemma.mean_matched_debiased"] == pair["mean_matched_cka_debiased"]
+    assert all(isinstance(v, (int, float)) or v is None for v in flat.values())
+
+
+def test_markdown_has_one_column_per_model_and_a_labelled_published_column(run_root, tmp_path):
+    _, md = summarize(run_root, tmp_path)
+    found = tables(md)
+    assert len(found) == 5                      # headline, controls, every site, geometry + attention, CKA
+    for table in found[:4]:
+        header = table[0]
+        assert header[1:1 + len(MODELS)] == list(MODELS) and header.count("tiny-llama") == 1
+        assert all(len(row) == len(header) for row in table)
+    headline = found[0]
+    assert headline[0][-1].startswith("published") and "not computed" in headline[0][-1]
+    published = {row[0]: row[-1] for row in headline[1:]}
+    assert published["transfer: fit on Set A, scored on Set B, peak AUROC"] == report.PUBLISHED["transfer"]
+    assert [row[0] for row in headline[1:]][:5] == [
+        "Set A (expressive), 8-class peak AUROC", "Set B (clinical vignettes), 8-class peak AUROC",
+        "transfer: fit on Set A, scored on Set B, peak AUROC", "depth of the Set B peak layer, (l+1)/L",
+        "first layer with B-vs-N AUROC >= 0.999"]
+    assert "length 0.71 [0.65, 0.75]" in next(r for r in headline if r[0].startswith("first layer"))[-2]
+    zero_shot = next(r for r in found[1] if r[0] == "transfer A->B: zero-shot prompt, peak AUROC")
+    assert zero_shot[1] != "—" and zero_shot[2] == "—"          # only tiny-llama has zero-shot activations
+
+
+def test_summary_is_byte_identical_when_rerun(run_root, tmp_path):
+    summarize(run_root, tmp_path / "one")
+    summarize(run_root, tmp_path / "two")
+    for name in ("summary.json", "summary.md"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_unreached_saturation_is_null_and_said_in_words(run_root, tmp_path):
+    root = copy_run(run_root, tmp_path)
+    path = root / "metrics" / "tiny-gemma" / "probes.json"
+    probes = json.loads(path.read_text())
+    probes["b_vs_n"]["h"].update(saturation_layer=None, saturation_depth=None)
+    path.write_text(json.dumps(probes))
+    flat, md = summarize(root)
+    assert flat["tiny-gemma/h.saturation.layer"] is None and flat["tiny-llama/h.saturation.layer"] is not None
+    row = next(r for r in tables(md)[0] if r[0].startswith("first layer"))
+    assert row[2] == "not reached" and row[1].startswith("layer ")
+
+
+def test_missing_optional_inputs_are_skipped_with_a_warning(run_root, tmp_path, caplog):
+    root = copy_run(run_root, tmp_path)
+    for rel in ("stimuli.json", "cka.json", "tiny-gemma/geometry.json", "tiny-gemma/attention.json"):
+        (root / "metrics" / rel).unlink()
+    with caplog.at_level(logging.WARNING):
+        flat, md = summarize(root)
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    for rel in ("stimuli.json", "cka.json", "tiny-gemma/geometry.json", "tiny-gemma/attention.json"):
+        assert f"{root / 'metrics' / rel}: not found" in warned
+    assert not any(k.startswith(("text_only/", "cka/", "tiny-gemma/geometry", "tiny-gemma/attention")) for k in flat)
+    assert "tiny-llama/geometry.A.silhouette.silhouette" in flat
+    found = tables(md)
+    assert len(found) == 4                                    # no CKA table
+    geometry = found[3]
+    assert all(row[2] == "—" for row in geometry[1:]) and all(row[1] != "—" for row in geometry[1:])
+
+
+def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):
+    import subprocess
+    import sys
+    root = copy_run(run_root, tmp_path)
+    path = root / "metrics" / "tiny-gemma" / "probes.json"
+    cmd = [sys.executable, str(ROOT / "stages" / "summary.py"), "--params", str(root / "params.yaml"),
+           "--metrics", str(root / "metrics"), "--plots", str(root / "plots")]
+    probes = json.loads(path.read_text())
+    del probes["transfer"]["h"]
+    path.write_text(json.dumps(probes))
+    with pytest.raises(DataError, match=r"tiny-gemma/probes\.json: missing key transfer\.h\.auroc$"):
+        summarize(root)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match=r"tiny-gemma/probes\.json: not valid JSON"):
+        summarize(root)
+    path.unlink()
+    geometry = root / "metrics" / "tiny-llama" / "geometry.json"      # optional, but wrong when present
+    intact = geometry.read_text()
+    damaged = json.loads(intact)
+    del damaged["A"]["wheel_p"]
+    geometry.write_text(json.dumps(damaged))
+    with pytest.raises(DataError, match=r"llama/geometry\.json: missing or malformed entry \(KeyError: 'wheel_p'\)"):
+        summarize(root)
+    geometry.write_text(intact)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {path}: not found (run its stage: `dvc repro`, or `dvc pull`)"]
+    assert not (root / "metrics" / "summary.json").exists()
+
+
+def test_markdown_table_escapes_pipes():
+    text = report.markdown_table(["a", "b|c"], [["1", "x | y"]])
+    assert text.splitlines() == ["| a | b\\|c |", "|---|---|", "| 1 | x \\| y |"]
