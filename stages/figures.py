@@ -33,16 +33,18 @@ def geometry_figures(outputs: report.Outputs, model: str):
         return []
     sets = [s for s, v in sorted(metrics.items()) if isinstance(v, dict) and "best_layer" in v]
     where = outputs.metrics / model / "geometry.json"
-    titles, axis = {}, {}
+    titles, axis, chosen = {}, {}, set()
     for s in sets:
         layer, n_layers = report.get(metrics, f"{s}.best_layer", where), report.get(metrics, f"{s}.n_layers", where)
+        chosen.add("the chosen layer" if metrics[s].get("best_layer_given") else "the highest-silhouette layer")
         titles[s] = f"Set {s}: layer {layer}, depth {100 * (layer + 1) / n_layers:.0f} %"
         axis[s] = tuple(f"PC{c} ({100 * report.get(metrics, f'{s}.pc{c}_var', where):.0f} % of variance)"
                         for c in (1, 2))
     pca = {s: outputs.csv(f"{model}/pca_{s}.csv", ("emotion", "pc1", "pc2"), required=True) for s in sets}
     cos = {s: outputs.csv(f"{model}/centroid_cosine_{s}.csv", ("emotion_a", "emotion_b", "cosine"), required=True)
            for s in sets}
-    where_text = "residual stream h at each set's highest-silhouette layer"
+    scaled = ", features z-scored" if metrics.get("standardize") else ""
+    where_text = f"residual stream h{scaled}, at {' / '.join(sorted(chosen))}"
     return [(f"pca_{model}", lambda: F.pca_scatter(pca, titles, axis, f"{model}: PCA of the {where_text}")),
             (f"centroid_cosine_{model}", lambda: F.cosine_heatmaps(
                 cos, titles, order=WHEEL, suptitle=f"{model}: emotion centroids, {where_text}\n(rows and columns "

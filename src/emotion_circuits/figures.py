@@ -131,17 +131,18 @@ def auroc_depth(probes: dict[str, pd.DataFrame], text_only: dict[str, float] | N
             ax.axhline(text_only[method], color=colors["set_b"], lw=0.9, ls="-.", zorder=0)
         _chance(ax)
         _auroc_axes(ax, shown, model)
-    handles = [Line2D([], [], color=colors["set_a"], lw=4, alpha=0.6, label="Set A (expressive), 95% CI"),
-               Line2D([], [], color=colors["set_b"], lw=4, alpha=0.6, label="Set B (vignettes), 95% CI"),
+    handles = [Line2D([], [], color=colors["set_a"], lw=4, alpha=0.6, label="Set A, 95% CI"),
+               Line2D([], [], color=colors["set_b"], lw=4, alpha=0.6, label="Set B, 95% CI"),
                Line2D([], [], color="k", ls="-", label="trained model"),
                Line2D([], [], color="k", ls="--", label="random-init model"),
-               Line2D([], [], color="k", ls=":", label="control task (shuffled labels)"),
+               Line2D([], [], color="k", ls=":", label="control task"),
                Line2D([], [], color=GREY, ls=(0, (4, 3)), label="chance (AUROC 0.5)")]
     if text_only:
         method = max(text_only, key=text_only.get)
-        handles.append(Line2D([], [], color=colors["set_b"], ls="-.", label=f"Set B text only ({method})"))
+        handles.append(Line2D([], [], color=colors["set_b"], ls="-.", label=f"Set B, text only ({method})"))
     fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(probes) > 1 else 2, frameon=False)
-    fig.suptitle("Emotion probes (8 classes) by depth, residual stream h")
+    fig.suptitle("8-class emotion probes by depth, site h\n(A: expressive texts, B: vignettes; control task: "
+                 "labels shuffled once)" if len(probes) > 1 else "8-class emotion probes, site h")
     return fig
 
 
@@ -240,7 +241,7 @@ def cosine_heatmaps(cosines: dict[str, pd.DataFrame], titles: dict[str, str], or
     for ax, (name, matrix) in zip(axes, matrices.items()):
         image = _heatmap(ax, matrix, order, order, -limit, limit, "RdBu_r", fmt="{:.1f}")
         ax.set_title(titles[name])
-    fig.colorbar(image, ax=list(axes), shrink=0.8, label="cosine similarity of centroids")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="cosine similarity of centroids (diagonal 1: blank)")
     fig.suptitle(suptitle)
     return fig
 
@@ -312,5 +313,5 @@ def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(Line2D([], [], color=GREY, lw=4, alpha=0.5, label="difference, 95% CI"))
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
-    fig.suptitle("Attention of the extraction position on the stimulus text")
+    fig.suptitle("Attention of the last token on the stimulus text")
     return fig
