@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 ## The main job: every stage of dvc.yaml on the embedded models (first run converts their weights once).
 repro: install
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
 ## The test suite (a tiny random-weights model for most tests, the embedded models for a few end-to-end checks).
 test: install
