@@ -1,0 +1,57 @@
+"""The stimulus loader: the shipped sets load; each kind of bad line gives one line naming file and line."""
+import json
+
+import pytest
+
+from emotion_circuits.config import load_params
+from emotion_circuits.stimuli import StimulusError, load_params_sets, load_sets, load_stimuli
+
+B = {"id": "b-grief-01", "set": "B", "emotion": "grief", "text": "The hospital called at 4 a.m.", "pair": "n-grief-01"}
+N = {"id": "n-grief-01", "set": "N", "emotion": "neutral", "text": "The clinic called at 9 a.m.", "pair": "b-grief-01"}
+
+
+def write(tmp_path, name, *lines):
+    path = tmp_path / name
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_shipped_sets_load_with_mutual_pairs():
+    sets = load_params_sets(load_params("params.yaml"))
+    assert {k: len(v) for k, v in sets.items()} == {"A": 96, "B": 96, "N": 96, "C": 24}
+    by_id = {s.id: s for items in sets.values() for s in items}
+    assert all(by_id[s.pair].pair == s.id for s in sets["B"])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "b-1", "set": "B",', ":2: not valid JSON"),
+    ('["a list"]', ":2: expected a JSON object"),
+    ({"id": "b-2", "set": "B", "emotion": "grief"}, ":2: missing key 'text'"),
+    ({**B, "id": "b-3", "mood": "x"}, ":2: unknown key 'mood'"),
+    ({**B, "id": "b-4", "set": "Q"}, ":2: unknown set 'Q'"),
+    ({**B, "id": "b-5", "emotion": "joy"}, ":2: unknown emotion 'joy'"),
+    ({**B, "id": "b-6", "text": "   "}, ":2: empty text"),
+    ({**B, "pair": "n-grief-02"}, ":2: duplicate id 'b-grief-01' (first on line 1)"),
+])
+def test_bad_lines(tmp_path, line, message):
+    path = write(tmp_path, "set_B.jsonl", B, line)
+    with pytest.raises(StimulusError) as err:
+        load_stimuli(path, "B")
+    assert str(err.value).startswith(str(path)) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_empty_file_and_wrong_set(tmp_path):
+    with pytest.raises(StimulusError, match="set_B.jsonl: no stimuli"):
+        load_stimuli(write(tmp_path, "set_B.jsonl", ""), "B")
+    with pytest.raises(StimulusError, match=r"set_N.jsonl:1: set 'B' in the file of set 'N'"):
+        load_stimuli(write(tmp_path, "set_N.jsonl", B), "N")
+
+
+def test_pairs_must_exist_and_be_mutual(tmp_path):
+    b = write(tmp_path, "set_B.jsonl", B)
+    with pytest.raises(StimulusError, match="set_B.jsonl:1: pair 'n-grief-01' of 'b-grief-01' not found"):
+        load_sets({"B": b, "N": write(tmp_path, "set_N.jsonl", {k: v for k, v in N.items() if k != "pair"} | {"id": "n-other"})})
+    with pytest.raises(StimulusError, match="does not pair back"):
+        load_sets({"B": b, "N": write(tmp_path, "set_N.jsonl", {**N, "pair": "b-grief-09"},
+                                      {"id": "b-grief-09", "set": "N", "emotion": "neutral", "text": "x"})})
+    assert len(load_sets({"B": b, "N": write(tmp_path, "set_N.jsonl", N)})["N"]) == 1
