@@ -7,6 +7,7 @@ baselines) is absent is skipped, or drawn without that part, with a warning.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
@@ -18,6 +19,14 @@ from emotion_circuits.geometry import WHEEL
 from emotion_circuits.probes import CSV_COLUMNS, ProbeSettings, random_init_of
 
 log = logging.getLogger("figures")
+# figure, plots/<model>/ file, columns it needs, plot function (one panel per model that has the file)
+INTERVENTIONS = (
+    ("patching", "patching_detail.csv", ("site", "depth", "flip", "flip_low", "flip_high", "control_flip",
+                                         "control_flip_low", "control_flip_high", "baseline_flip", "baseline_flip_low",
+                                         "baseline_flip_high"), F.patching_layers),
+    ("knockout", "knockout_detail.csv", ("site", "op", "layer", "depth", "kl", "kl_low", "kl_high"),
+     F.knockout_layers),
+    ("heads", "heads.csv", ("layer", "head", "drop", "drop_low"), F.heads_heatmap))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:
@@ -32,14 +41,13 @@ def geometry_figures(outputs: report.Outputs, model: str):
     if not metrics:
         return []
     sets = [s for s, v in sorted(metrics.items()) if isinstance(v, dict) and "best_layer" in v]
-    where = outputs.metrics / model / "geometry.json"
     titles, axis, chosen = {}, {}, set()
-    for s in sets:
-        layer, n_layers = report.get(metrics, f"{s}.best_layer", where), report.get(metrics, f"{s}.n_layers", where)
-        chosen.add("the chosen layer" if metrics[s].get("best_layer_given") else "the highest-silhouette layer")
-        titles[s] = f"Set {s}: layer {layer}, depth {100 * (layer + 1) / n_layers:.0f} %"
-        axis[s] = tuple(f"PC{c} ({100 * report.get(metrics, f'{s}.pc{c}_var', where):.0f} % of variance)"
-                        for c in (1, 2))
+    with report.reading(outputs.metrics / model / "geometry.json"):
+        for s in sets:
+            layer, n_layers = metrics[s]["best_layer"], metrics[s]["n_layers"]
+            chosen.add("the chosen layer" if metrics[s].get("best_layer_given") else "the highest-silhouette layer")
+            titles[s] = f"Set {s}: layer {layer}, depth {100 * (layer + 1) / n_layers:.0f} %"
+            axis[s] = tuple(f"PC{c} ({100 * metrics[s][f'pc{c}_var']:.0f} % of variance)" for c in (1, 2))
     pca = {s: outputs.csv(f"{model}/pca_{s}.csv", ("emotion", "pc1", "pc2"), required=True) for s in sets}
     cos = {s: outputs.csv(f"{model}/centroid_cosine_{s}.csv", ("emotion_a", "emotion_b", "cosine"), required=True)
            for s in sets}
@@ -73,6 +81,11 @@ def figure_jobs(outputs: report.Outputs, params) -> list:
                                                          "high"), why=f"{m} in the attention figure")) is not None}
     if layers:
         jobs.append(("attention_text_share", lambda: F.attention_sets(layers)))
+    for name, rel, columns, plot in INTERVENTIONS:
+        found = {m: f for m in models if (f := outputs.csv(f"{m}/{rel}", columns, why=f"{m} in the {name} figure"))
+                 is not None}
+        if found:
+            jobs.append((name, functools.partial(plot, found)))
     return jobs
 
 

@@ -3,6 +3,7 @@ from the stage outputs (curve values equal the CSV values), chance where it is, 
 skipped with a warning, a missing required input named in one line."""
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -28,7 +29,8 @@ def run_root(tmp_path_factory) -> Path:
 
 
 def expected_names() -> list[str]:
-    names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "attention_text_share"]
+    names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "attention_text_share", "patching",
+             "knockout", "heads"]
     for model in MODELS:
         names += [f"pca_{model}", f"centroid_cosine_{model}"]
     return sorted(names)
@@ -130,9 +132,68 @@ def test_missing_optional_inputs_skip_their_figures_with_a_warning(run_root, tmp
         assert f"{path}: not found" in warned
     drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     assert drawn == sorted(["auroc_depth", "transfer_binary", "attention_text_share", "pca_tiny-llama",
-                            "centroid_cosine_tiny-llama"])
+                            "centroid_cosine_tiny-llama", "patching", "knockout", "heads"])
     attention = jobs(root)["attention_text_share"]()
     assert [ax.get_title() for ax in attention.axes if ax.get_title()] == ["tiny-gemma"]
+
+
+def test_intervention_figures_skip_models_without_outputs_and_vanish_without_any(run_root, tmp_path, caplog):
+    root = copy_run(run_root, tmp_path)
+    for name in ("patching_detail", "knockout_detail", "heads"):
+        (root / "plots" / "tiny-llama" / f"{name}.csv").unlink()
+    with caplog.at_level(logging.WARNING):
+        built = jobs(root)
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"{root / 'plots' / 'tiny-llama' / 'heads.csv'}: not found" in warned
+    for name in ("patching", "knockout", "heads"):
+        fig = built[name]()
+        assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["tiny-gemma"], name
+        assert fig.get_size_inches()[0] == F.COLUMN, name
+    heads = root / "plots" / "tiny-gemma" / "heads.csv"
+    pd.read_csv(heads).drop(columns="drop_low").to_csv(heads, index=False)
+    with pytest.raises(DataError, match=r"tiny-gemma/heads\.csv: missing column drop_low \(has layer,"):
+        jobs(root)
+    for name in ("patching_detail", "knockout_detail", "heads"):
+        (root / "plots" / "tiny-gemma" / f"{name}.csv").unlink()
+    assert {"patching", "knockout", "heads"}.isdisjoint(jobs(root))
+
+
+def drawn_as(line, values) -> bool:
+    y = np.asarray(line.get_ydata(), float)
+    return y.shape == (len(values),) and np.allclose(y, values)
+
+
+def test_intervention_figures_draw_the_stage_values(run_root):
+    built = jobs(run_root)
+    plots = run_root / "plots" / "tiny-llama"
+    detail = pd.read_csv(plots / "patching_detail.csv")
+    fig = built["patching"]()
+    ax = fig.axes[0]
+    assert ax.get_title() == "tiny-llama" and ax.get_ylim() == (0, 1)
+    for site, column in (("h", "flip"), ("m", "control_flip")):
+        rows = detail[detail["site"] == site].sort_values("depth")
+        assert any(drawn_as(line, rows[column]) for line in ax.get_lines()), (site, column)
+    assert detail["baseline_flip"].iloc[0] in horizontal_levels(fig)                 # the unpatched baseline
+    knockout = pd.read_csv(plots / "knockout_detail.csv")
+    ax = built["knockout"]().axes[0]
+    for op in ("zero", "mean", "random"):
+        rows = knockout[(knockout["site"] == "a") & (knockout["op"] == op)].sort_values("depth")
+        assert any(drawn_as(line, rows["kl"]) for line in ax.get_lines()), op
+    # critical-layer dots: zeroing above the random direction's interval, as the stage's knockout.json lists them
+    critical = json.loads((run_root / "metrics" / "tiny-llama" / "knockout.json").read_text())["a"]["zero"]["critical"]
+    zero = knockout[(knockout["site"] == "a") & (knockout["op"] == "zero")].set_index("layer")
+    dots = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_linestyle() == "None"
+            and to_hex(line.get_color()) == to_hex(F.SITE_COLORS["a"])]
+    expected = [int(layer) for layer in critical.split(",") if layer]
+    assert len(dots) == 1 and np.allclose(dots[0].get_xdata(), zero.loc[expected, "depth"])
+    heads = pd.read_csv(plots / "heads.csv")
+    ax = built["heads"]().axes[0]
+    matrix = ax.get_images()[0].get_array()
+    assert matrix.shape == (MODELS["tiny-llama"], heads["head"].max() + 1)
+    assert np.allclose(matrix, heads.pivot(index="layer", columns="head", values="drop").to_numpy())
+    sure = heads[heads["drop_low"] > 0]
+    dots = next(line for line in ax.get_lines() if line.get_marker() == "o")
+    assert sorted(zip(dots.get_ydata(), dots.get_xdata())) == sorted(zip(sure["layer"], sure["head"]))
 
 
 def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):

@@ -1,6 +1,8 @@
 """Summary stage on a fixture run: tiny synthetic activations of two "models" (and their random-init partners) go
-through the real probes, geometry, cka and attention stage code; the summary must copy their numbers exactly, give
-one column per model, skip absent optional inputs with a warning and name a missing required file in one line.
+through the real probes, geometry, cka and attention stage code, and the patching, knockout and heads outputs are
+written by the real causal_report code with only the forward passes replaced; the summary must copy their numbers
+exactly, give one column per model, skip absent optional inputs with a warning and name a missing required file in
+one line.
 `build_run` is shared with tests/test_figures.py (built once per session)."""
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from emotion_circuits import report
@@ -39,6 +44,9 @@ PARAMS = {
     "geometry": {"n_perm": 19, "n_components": 4},
     "cka": {"n_depths": 4},
     "attention": {"n_boot": 100, "top_heads": 2, "lexicon": "LEXICON"},
+    "interventions": {"n_boot": 100},
+    "patching": {"per_pair": 1},
+    "heads": {"top": 3},
 }
 # text-only baselines as the stimuli stage writes them (metrics/stimuli.json `baselines`)
 STIMULI = {"baselines": {
@@ -104,6 +112,59 @@ def write_activations(root: Path, model: str, n_layers: int, trained: bool, seed
                      **make_set(name, n_layers, emotion * scale, binary, seed=seed * 100 + p * 10 + i))
 
 
+def write_interventions(root: Path, params, model: str, n_layers: int, seed: int) -> None:
+    """The patching, knockout and heads outputs of `model`, written by their real stage code (causal_report.run_stage)
+    with only the forward passes replaced: per-item effects are drawn at random, patching success peaking at two
+    thirds of the depth and the control patch rarely flipping."""
+    from emotion_circuits import causal, causal_report as cr
+    from emotion_circuits.readout import Readout
+
+    rng = np.random.default_rng(seed)
+    depth = (np.arange(n_layers) + 1) / n_layers
+    labels = np.repeat(EMOTIONS, 4)
+    readout = Readout(emotions=EMOTIONS, token_ids=(), owner=(), tokens=())
+
+    def clean(*args, **kwargs):
+        log_probs = torch.log_softmax(torch.from_numpy(rng.normal(size=(len(labels), 8)) * 2), dim=-1)
+        return causal.Clean([], log_probs, readout.top1(log_probs), labels, np.full(len(labels), 0.6))
+
+    def setup(params, model, stage):
+        shared = params.section("interventions", causal.InterventionSettings)
+        engine = SimpleNamespace(loaded=SimpleNamespace(tokenizer=None), n_layers=n_layers)
+        return cr.Setup(model, params.section(stage, cr.SECTIONS[stage]), shared, "", {"A": [], "B": []}, engine,
+                        readout, list(range(n_layers)), seed)
+
+    def patching(engine, readout, clean, sites, layers, per_pair, seed):
+        pairs, _ = causal.design_pairs(clean.labels, EMOTIONS, per_pair, seed)
+        shape = (len(pairs), len(sites), len(layers))
+        p = 0.7 * np.exp(-((depth - 0.66) / 0.25) ** 2) * np.array([1.0, 0.5, 0.3])[:len(sites), None]
+        arrays = {"flip": rng.random(shape) < p, "control_flip": rng.random(shape) < 0.04,
+                  **{k: rng.normal(size=shape) for k in ("d_source", "d_target", "control_d_source",
+                                                         "control_d_target")}}
+        return causal.PatchingResult(list(sites), list(layers), pairs, baseline_flip=rng.random(len(pairs)) < 0.05,
+                                     source_answered=rng.random(len(pairs)) < 0.6,
+                                     **{k: v.astype(np.float32) for k, v in arrays.items()})
+
+    def knockout(engine, readout, clean, sites, layers, n_random, seed):
+        shape = (len(clean.labels), len(sites), len(layers), len(causal.OPS))
+        profile = 0.2 + 4 * np.exp(-((depth - 0.3) / 0.2) ** 2)     # zeroing matters early, less than random late
+        factor = np.stack([profile, 0.6 * profile, np.full(n_layers, 0.8)], axis=-1)      # (L, ops): zero, mean, random
+        kl = rng.gamma(2.0, 0.05, shape) * factor
+        return causal.KnockoutResult(list(sites), list(layers), changed=(kl > 0.3).astype(np.float32),
+                                     kl=kl.astype(np.float32), drop=(kl / 4).astype(np.float32))
+
+    def heads(engine, readout, clean, layers):
+        shape = (len(clean.labels), len(layers), HEADS)
+        drop = rng.normal(0.0, 0.02, shape)
+        drop[:, -2, 1] += 0.15                                                   # one head that matters
+        return causal.HeadResult(list(layers), changed=(drop > 0.1).astype(np.float32),
+                                 kl=np.abs(drop).astype(np.float32), drop=drop.astype(np.float32))
+
+    with mock.patch.multiple(cr, setup=setup, clean_runs=clean, patching=patching, knockout=knockout, heads=heads):
+        for name in ("patching", "knockout", "heads"):
+            cr.run_stage(params, model, name, root / "metrics", root / "plots")
+
+
 @functools.lru_cache(maxsize=None)
 def build_run(root: Path) -> Path:
     """A full fixture run under `root`: params.yaml, stimuli metrics, activations, and the real outputs of the
@@ -128,6 +189,7 @@ def build_run(root: Path) -> Path:
         write_outputs(result, root / "metrics" / model / "probes.json", root / "plots" / model)
         stage("geometry").main(["--model", model, *common])
         stage("attention").main(["--model", model, *common])
+        write_interventions(root, params, model, MODELS[model], seed=len(model))
     stage("cka").main(common)
     return root
 
@@ -190,8 +252,37 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
             "geometry.A.wheel.spearman": geometry["A"]["wheel_spearman"],
             "attention.text_share_diff.diff_low": attention["compare"]["text_share_diff"]["low"],
         }
+        patching = json.loads((metrics / model / "patching.json").read_text())
+        knockout = json.loads((metrics / model / "knockout.json").read_text())
+        heads = json.loads((metrics / model / "heads.json").read_text())
+        expected |= {
+            "h.patching.flip": patching["h"]["flip"], "h.patching.flip_low": patching["h"]["flip_low"],
+            "h.patching.layer": patching["h"]["peak_layer"],
+            "h.patching.baseline.flip_high": patching["baseline"]["flip_high"],
+            "h.patching.control.flip": patching["h"]["control_flip"],
+            "h.patching.answered.flip_low": patching["h"]["flip_answered_low"],
+            "h.patching.pairs.n": patching["n_pairs"],
+            "behaviour.A.accuracy": patching["behaviour"]["A"]["accuracy"],
+            "behaviour.B.accuracy_high": patching["behaviour"]["B"]["accuracy_high"],
+            "knockout.a.zero.critical.n": knockout["a"]["zero"]["n_critical"],
+            "knockout.m.mean.critical.n": knockout["m"]["mean"]["n_critical"],
+            "knockout.m.peak.kl_low": knockout["m"]["zero"]["kl_low"],
+            "heads.top1.drop": heads["top"]["01"]["drop"], "heads.top1.layer": heads["top"]["01"]["layer"],
+            "heads.top2.head": heads["top"]["02"]["head"], "heads.positive.n": heads["n_positive"],
+        }
         for key, value in expected.items():
             assert flat[f"{model}/{key}"] == value, key
+        assert heads["top"]["01"]["name"] == f"L{MODELS[model] - 2}H1"          # the head the fixture made matter
+        causal = {r[0]: r[list(MODELS).index(model) + 1] for r in tables(md)[3]}
+        assert causal["heads: rank 1, drop in own-emotion probability when that one head is zeroed"].startswith(
+            f"L{MODELS[model] - 2}H1: {heads['top']['01']['drop']:.3f} [")
+        critical = knockout["a"]["zero"]["critical"]
+        assert causal["knockout a: layers where zeroing moves the answer more than a random direction (KL)"] == (
+            critical.replace(",", ", ") or "none")
+        h = patching["h"]
+        patch = next(r for r in tables(md)[0] if r[0].startswith("patching success"))
+        assert patch[list(MODELS).index(model) + 1] == (
+            f"{100 * h['flip']:.0f} % [{100 * h['flip_low']:.0f}, {100 * h['flip_high']:.0f}], layer {h['peak_layer']}")
         if model in ZERO_SHOT:
             assert flat[f"{model}/h.transfer.zero_shot.auroc"] == probes["zero_shot"]["transfer"]["h"]["auroc"]
         else:
@@ -209,8 +300,8 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
 def test_markdown_has_one_column_per_model_and_a_labelled_published_column(run_root, tmp_path):
     _, md = summarize(run_root, tmp_path)
     found = tables(md)
-    assert len(found) == 5                      # headline, controls, every site, geometry + attention, CKA
-    for table in found[:4]:
+    assert len(found) == 6          # headline, controls, every site, behaviour + interventions, geometry, CKA
+    for table in found[:5]:
         header = table[0]
         assert header[1:1 + len(MODELS)] == list(MODELS) and header.count("tiny-llama") == 1
         assert all(len(row) == len(header) for row in table)
@@ -218,6 +309,7 @@ def test_markdown_has_one_column_per_model_and_a_labelled_published_column(run_r
     assert headline[0][-1].startswith("published") and "not computed" in headline[0][-1]
     published = {row[0]: row[-1] for row in headline[1:]}
     assert published["transfer: fit on Set A, scored on Set B, peak AUROC"] == report.PUBLISHED["transfer"]
+    assert published["patching success: top-1 becomes the source emotion, best layer (site h)"] == "46 - 67 %"
     assert [row[0] for row in headline[1:]][:5] == [
         "Set A (expressive), 8-class peak AUROC", "Set B (clinical vignettes), 8-class peak AUROC",
         "transfer: fit on Set A, scored on Set B, peak AUROC", "depth of the Set B peak layer, (l+1)/L",
@@ -258,9 +350,49 @@ def test_missing_optional_inputs_are_skipped_with_a_warning(run_root, tmp_path, 
     assert not any(k.startswith(("text_only/", "cka/", "tiny-gemma/geometry", "tiny-gemma/attention")) for k in flat)
     assert "tiny-llama/geometry.A.silhouette.silhouette" in flat
     found = tables(md)
-    assert len(found) == 4                                    # no CKA table
-    geometry = found[3]
+    assert len(found) == 5                                    # no CKA table
+    geometry = found[4]
     assert all(row[2] == "—" for row in geometry[1:]) and all(row[1] != "—" for row in geometry[1:])
+
+
+def test_intervention_rows_are_present_only_for_models_with_intervention_outputs(run_root, tmp_path, caplog):
+    root = copy_run(run_root, tmp_path)
+    for name in ("patching", "knockout", "heads"):
+        (root / "metrics" / "tiny-gemma" / f"{name}.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        flat, md = summarize(root)
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"{root / 'metrics' / 'tiny-gemma' / 'knockout.json'}: not found" in warned
+    causal_keys = ("patching", "behaviour", "knockout", "heads")
+    assert not any(k.startswith(tuple(f"tiny-gemma/{c}" for c in causal_keys)) or ".patching" in k
+                   for k in flat if k.startswith("tiny-gemma/"))
+    assert "tiny-llama/h.patching.flip" in flat and "tiny-llama/heads.top1.drop" in flat
+    causal = tables(md)[3]
+    assert causal[0][1:3] == list(MODELS) and all(r[2] == "—" and r[1] != "—" for r in causal[1:])
+    knockout = root / "metrics" / "tiny-llama" / "knockout.json"      # optional, but wrong when present
+    damaged = json.loads(knockout.read_text())
+    del damaged["m"]["mean"]["critical"]
+    knockout.write_text(json.dumps(damaged))
+    with pytest.raises(DataError, match=r"llama/knockout\.json: missing or malformed entry \(KeyError: 'critical'\)$"):
+        summarize(root)
+    for name in ("patching", "knockout", "heads"):                  # no model with interventions: no rows at all
+        (root / "metrics" / "tiny-llama" / f"{name}.json").unlink()
+    flat, md = summarize(root)
+    assert not any(c in k for k in flat for c in ("patching", "behaviour", "knockout", "heads"))
+    assert "patching" not in md and "knockout" not in md and "heads:" not in md
+    assert len(tables(md)) == 5 and flat["tiny-llama/h.set_b.auroc"] > 0.9
+
+
+def test_patching_without_answered_pairs_shows_a_dash(run_root, tmp_path):
+    root = copy_run(run_root, tmp_path)
+    path = root / "metrics" / "tiny-llama" / "patching.json"
+    patching = json.loads(path.read_text())
+    patching["h"].update(flip_answered=None, flip_answered_low=None, flip_answered_high=None)
+    path.write_text(json.dumps(patching))
+    flat, md = summarize(root)
+    row = next(r for r in tables(md)[1] if r[0].startswith("patching: success on pairs whose source"))
+    assert row[1] == f"—, n {patching['n_answered']}"
+    assert flat["tiny-llama/h.patching.answered.flip"] is None
 
 
 def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):
@@ -273,10 +405,10 @@ def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_pat
     probes = json.loads(path.read_text())
     del probes["transfer"]["h"]
     path.write_text(json.dumps(probes))
-    with pytest.raises(DataError, match=r"tiny-gemma/probes\.json: missing key transfer\.h\.auroc$"):
+    with pytest.raises(DataError, match=r"tiny-gemma/probes\.json: missing or malformed entry \(KeyError: 'h'\)$"):
         summarize(root)
     path.write_text("{not json")
-    with pytest.raises(DataError, match=r"tiny-gemma/probes\.json: not valid JSON"):
+    with pytest.raises(DataError, match=r"tiny-gemma/probes\.json: not readable \(Expecting property name"):
         summarize(root)
     path.unlink()
     geometry = root / "metrics" / "tiny-llama" / "geometry.json"      # optional, but wrong when present

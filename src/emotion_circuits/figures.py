@@ -315,3 +315,123 @@ def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle("Attention of the last token on the stimulus text")
     return fig
+
+
+SITE_COLORS = {"h": OKABE_ITO["blue"], "a": OKABE_ITO["vermillion"], "m": OKABE_ITO["green"]}
+SITE_NAMES = {"h": "h (residual)", "a": "a (attention out)", "m": "m (MLP out)"}
+KNOCKOUT_STYLES = {"zero": ("-", 0.2, "zeroed"), "mean": ("--", 0.0, "set mean"),
+                   "random": (":", 0.2, "random direction, same norm (control)")}     # op -> line, band, label
+
+
+def _band(ax, frame: pd.DataFrame, key: str, color, ls="-", alpha=0.25, marker=None):
+    """`frame[key]` against depth with `key_low`..`key_high` shaded (no shading when alpha is 0)."""
+    frame = frame.sort_values("depth")
+    ax.plot(frame["depth"], frame[key], color=color, ls=ls, lw=1.3, marker=marker, ms=3)
+    if alpha:
+        ax.fill_between(frame["depth"], frame[f"{key}_low"], frame[f"{key}_high"], color=color, alpha=alpha, lw=0)
+
+
+def _site_handles(sites, suffix: str = ", 95% CI") -> list[Line2D]:
+    return [Line2D([], [], color=SITE_COLORS.get(s, "k"), lw=4, alpha=0.6, label=SITE_NAMES.get(s, s) + suffix)
+            for s in sites]
+
+
+def _depth_axes(ax, title: str, ylabel: str) -> None:
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("relative depth (layer+1)/L")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+@styled
+def patching_layers(detail: dict[str, pd.DataFrame]) -> Figure:
+    """Patching success (top-1 answer becomes the source emotion) against relative depth, one panel per model
+    (`detail`: the stage's patching_detail.csv rows), one colour per site with its 95% interval; the control patch
+    (a source of the target's own emotion) dotted with a faint interval; the unpatched baseline (the target already
+    answers the source emotion) as a grey band."""
+    fig, axes = _panels(len(detail), 2.6 if len(detail) > 1 else 3.6)      # one column: legend in one column below
+    sites = []
+    for ax, (model, frame) in zip(axes, detail.items()):
+        base = frame.iloc[0]
+        ax.axhspan(base["baseline_flip_low"], base["baseline_flip_high"], color=GREY, alpha=0.3, lw=0, zorder=0)
+        ax.axhline(base["baseline_flip"], color=GREY, lw=0.8, ls=(0, (4, 3)), zorder=0)
+        for site, rows in frame.groupby("site", sort=False):
+            color = SITE_COLORS.get(site, "k")
+            _band(ax, rows, "flip", color)
+            _band(ax, rows, "control_flip", color, ls=":", alpha=0.08)
+            sites += [site] if site not in sites else []
+        ax.set_ylim(0, 1)
+        _depth_axes(ax, model, "fraction of pairs")
+    handles = _site_handles(sites) + [
+        Line2D([], [], color="k", ls=":", label="control patch (same emotion)"),
+        Line2D([], [], color=GREY, lw=4, alpha=0.5, label="unpatched baseline, 95% CI")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(detail) > 1 else 1, frameon=False)
+    fig.suptitle("Activation patching at the last token" if len(detail) == 1 else
+                 "Activation patching at the last token: top-1 answer becomes the source emotion")
+    return fig
+
+
+@styled
+def knockout_layers(detail: dict[str, pd.DataFrame]) -> Figure:
+    """Effect of ablating one layer's site output at the extraction position (`detail`: the stage's
+    knockout_detail.csv rows): KL divergence of the ablated answer distribution from the clean one against relative
+    depth, one panel per model, one colour per site; zeroing solid and a random direction of the same norm (the
+    control) dotted, each with its 95% interval, the set mean dashed; a dot marks a critical layer (zeroing above the
+    control's interval, as the stage defines it). Unablated is 0 by definition (the x axis)."""
+    fig, axes = _panels(len(detail), 2.6 if len(detail) > 1 else 3.8)      # one column: legend in one column below
+    sites = []
+    for ax, (model, frame) in zip(axes, detail.items()):
+        for (site, op), rows in frame.groupby(["site", "op"], sort=False):
+            ls, alpha, _ = KNOCKOUT_STYLES.get(op, ("-", 0.2, op))
+            _band(ax, rows, "kl", SITE_COLORS.get(site, "k"), ls=ls, alpha=alpha)
+            sites += [site] if site not in sites else []
+        for site, rows in frame.groupby("site", sort=False):
+            zero = rows[rows["op"] == "zero"].set_index("layer")
+            rand = rows[rows["op"] == "random"].set_index("layer")
+            critical = zero.loc[zero.index.intersection(rand.index)]
+            critical = critical[critical["kl"] > rand.loc[critical.index, "kl_high"]]
+            ax.plot(critical["depth"], critical["kl"], "o", color=SITE_COLORS.get(site, "k"), ms=4, mec="white",
+                    mew=0.6, ls="")
+        ax.set_ylim(bottom=0)
+        _depth_axes(ax, model, "KL(clean || ablated), nats")
+    handles = _site_handles(sites) + [Line2D([], [], color="k", ls=ls, label=label)
+                                      for ls, _, label in KNOCKOUT_STYLES.values()]
+    handles.append(Line2D([], [], marker="o", color="k", mec="white", ls="", label="critical: zeroed above control CI"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(detail) > 1 else 1, frameon=False)
+    fig.suptitle("Knockout of one layer's output at the last token")
+    return fig
+
+
+def _ticks(n: int, most: int = 10) -> range:
+    """At most about `most` evenly stepped tick positions out of `n`."""
+    return range(0, n, max(1, -(-n // most)))
+
+
+@styled
+def heads_heatmap(heads: dict[str, pd.DataFrame]) -> Figure:
+    """Drop in the probability of the stimulus's own emotion when one attention head is zeroed at the extraction
+    position (`heads`: the stage's heads.csv rows), layer (rows, first at the bottom) by head (columns), one panel per
+    model; a dot marks heads whose 95% interval lies above 0. Diverging colours centred on 0, one scale for all."""
+    fig, axes = _panels(len(heads), 3.2, ncols=min(len(heads), 2))
+    matrices = {m: f.pivot(index="layer", columns="head", values="drop").sort_index().sort_index(axis=1)
+                for m, f in heads.items()}
+    limit = max([1e-3] + [float(np.nanmax(np.abs(m.to_numpy()))) for m in matrices.values()])
+    image = None
+    for ax, (model, matrix) in zip(axes, matrices.items()):
+        image = ax.imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto",
+                          interpolation="nearest")
+        sure = heads[model][heads[model]["drop_low"] > 0]
+        rows, cols = list(matrix.index), list(matrix.columns)
+        ax.plot([cols.index(h) for h in sure["head"]], [rows.index(l) for l in sure["layer"]], "o", color="k",
+                ms=3, mec="white", mew=0.6, ls="")
+        ax.set_xticks(list(_ticks(len(cols), 12)), [cols[i] for i in _ticks(len(cols), 12)])
+        ax.set_yticks(list(_ticks(len(rows))), [rows[i] for i in _ticks(len(rows))])
+        ax.spines[:].set_visible(False)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(model)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="drop in own-emotion probability\n(clean minus ablated)")
+    fig.legend(handles=[Line2D([], [], marker="o", color="k", mec="white", ls="", ms=4, label="95% CI above 0")],
+               loc="outside lower center", frameon=False)
+    fig.suptitle("Single-head ablation at the last token")
+    return fig
