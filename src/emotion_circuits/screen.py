@@ -1,0 +1,255 @@
+"""The `stimuli` screen: explicit emotion words, NRC density, VADER polarity, balance, lengths, B/N pair lengths and
+text-only shortcut baselines. Sets B, N and C must contain no word of the project's explicit lexicon, and every B/N
+pair must match in length; otherwise `ScreenError` (one line naming the items and words).
+
+The baselines use the probes' protocol (stats.folds, stats.cv_proba, stats.bootstrap_auroc), so their AUROCs are
+directly comparable with a probe's: how much of a task a classifier gets from text length, polarity or word choice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from . import stats
+from .config import EMOTIONS, ConfigError
+from .io import DataError
+from .stimuli import Stimulus
+
+log = logging.getLogger(__name__)
+
+CLEAN_SETS = ("B", "N", "C")            # sets that must contain no explicit emotion word
+NRC_EMOTIONS = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust")
+_WORD = re.compile(r"[a-z]+")           # the same word definition as attention.load_lexicon
+MAX_LISTED = 25                         # violations named in the one-line error before "... and k more"
+
+
+class ScreenError(ValueError):
+    """The stimuli break a screening rule; the one-line message names each item and the word or length at fault."""
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    """params.yaml `screen:` (all optional). `seed` None = the top-level seed."""
+    seed: int | None = None
+    folds: int = 5
+    n_boot: int = 1000
+    pair_length_tolerance: float = 0.10
+    lexicon: str = "stimuli/lexicon.yaml"
+
+    def __post_init__(self):
+        if self.folds < 2:
+            raise ConfigError(f"params.yaml: screen.folds: {self.folds} < 2")
+        if self.n_boot < 100:
+            raise ConfigError(f"params.yaml: screen.n_boot: {self.n_boot} is too few (at least 100)")
+        if not 0 <= self.pair_length_tolerance < 1:
+            raise ConfigError(f"params.yaml: screen.pair_length_tolerance: {self.pair_length_tolerance} "
+                              "must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------- lexicons
+
+
+def load_lexicon(path) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Category (emotion, `general`, `expressive`) -> entries, each a tuple of lowercase words; a trailing `*` on
+    the last word marks a prefix. The same file and word split as attention.load_lexicon, kept per category."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: lexicon not found (params.yaml screen.lexicon)") from None
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path}: expected a mapping from category (emotion, general, expressive) to a list of words")
+    lexicon = {}
+    for category, words in raw.items():
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise DataError(f"{path}: {category}: expected a list of words")
+        entries = []
+        for text in words:
+            parts = _WORD.findall(text.lower())
+            if not parts:
+                raise DataError(f"{path}: {category}: entry {text!r} has no letters")
+            if text.strip().endswith("*"):
+                parts[-1] += "*"
+            entries.append(tuple(parts))
+        lexicon[str(category)] = tuple(entries)
+    return lexicon
+
+
+def words(text: str) -> list[str]:
+    """Lowercase letter runs: "Diego's" -> ["diego", "s"]."""
+    return _WORD.findall(text.lower())
+
+
+def _match(word: str, entry: str) -> bool:
+    return word.startswith(entry[:-1]) if entry.endswith("*") else word == entry
+
+
+def explicit_hits(text: str, lexicon: dict) -> list[tuple[str, str]]:
+    """(category, matched words) for each lexicon match in `text`: whole words, prefixes, word sequences."""
+    ws = words(text)
+    found = []
+    for category, entries in lexicon.items():
+        for entry in entries:
+            k = len(entry)
+            for j in range(len(ws) - k + 1):
+                if all(_match(w, e) for w, e in zip(ws[j:j + k], entry)):
+                    found.append((category, " ".join(ws[j:j + k])))
+    return found
+
+
+def load_nrc() -> dict[str, tuple[str, ...]]:
+    """The NRC emotion lexicon shipped in the `nrclex` package (word -> categories), read directly from its file:
+    NRCLex's own API fails on long texts here."""
+    try:
+        path = resources.files("nrclex.data").joinpath("nrc_en.json")
+        with path.open("r", encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise DataError(f"NRC lexicon not found in the nrclex package ({err}); install nrclex") from None
+    return {w: tuple(c for c in cats if c in NRC_EMOTIONS) for w, cats in raw.items()}
+
+
+def nrc_hits(text: str, nrc: dict) -> tuple[int, float]:
+    """(NRC emotion-word count, count / words) of one text; positive/negative-only words do not count."""
+    ws = words(text)
+    hits = sum(1 for w in ws if nrc.get(w))
+    return hits, hits / max(len(ws), 1)
+
+
+def vader_scores(texts) -> np.ndarray:
+    """`(n, 4)` VADER compound, pos, neg, neu per text."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    rows = [analyzer.polarity_scores(t) for t in texts]
+    return np.array([[r["compound"], r["pos"], r["neg"], r["neu"]] for r in rows], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+
+def _describe(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def n_words(text: str) -> int:
+    """Length in whitespace-separated words (the unit of the B/N pair tolerance)."""
+    return len(text.split())
+
+
+def pair_ratios(sets: dict[str, list[Stimulus]]) -> list[tuple[str, str, int, int]]:
+    """(B id, N id, B words, N words) for every Set B item paired with a Set N item."""
+    n_by_id = {s.id: s for s in sets.get("N", [])}
+    return [(b.id, b.pair, n_words(b.text), n_words(n_by_id[b.pair].text))
+            for b in sets.get("B", []) if b.pair in n_by_id]
+
+
+def violations(sets: dict[str, list[Stimulus]], lexicon: dict, tolerance: float) -> list[str]:
+    """Every breach of the rules, one short phrase each: explicit words in Sets B, N, C; B/N pairs out of length."""
+    out = []
+    for name in CLEAN_SETS:
+        for item in sets.get(name, []):
+            hits = sorted({w for _, w in explicit_hits(item.text, lexicon)})
+            if hits:
+                out.append(f"{item.id} " + ", ".join(f"'{w}'" for w in hits))
+    for b, n, wb, wn in pair_ratios(sets):
+        if abs(wn / wb - 1) > tolerance:
+            out.append(f"{b}/{n} {wb}/{wn} words (ratio {wn / wb:.2f}, tolerance {tolerance:g})")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def bow_model():
+    """Bag of words (vocabulary fitted inside each training fold) and logistic regression."""
+    return make_pipeline(CountVectorizer(), LogisticRegression(max_iter=2000))
+
+
+def features(items: list[Stimulus], polarity: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Text-only feature sets: `length (n, 2)` words and characters, `polarity (n, 4)` VADER, `bow (n,)` texts."""
+    texts = [s.text for s in items]
+    if polarity is None:
+        polarity = vader_scores(texts)
+    return {"length": np.array([[n_words(t), len(t)] for t in texts], dtype=np.float64),
+            "polarity": polarity,
+            "bow": np.array(texts, dtype=str)}
+
+
+def baseline(feats: dict[str, np.ndarray], y: np.ndarray, settings: ScreenSettings, seed: int) -> dict:
+    """Macro one-vs-rest AUROC and 95% bootstrap interval of each feature set, all on the same stratified splits."""
+    y = np.asarray(y)
+    splits = stats.folds(y, settings.folds, seed)
+    out = {}
+    for name, X in feats.items():
+        factory = bow_model if X.dtype.kind in "US" else None
+        proba = stats.cv_proba(X, y, splits, model_factory=factory)
+        point, low, high = stats.bootstrap_auroc(y, proba, settings.n_boot, seed)
+        out[name] = {"auroc": point, "low": low, "high": high}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the screen
+
+
+def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSettings, seed: int = 0) -> dict:
+    """Metrics of every set (see module doc); `seed` is the top-level seed, used unless `settings.seed` is set.
+    Raises ScreenError naming every violation before any baseline is fitted."""
+    found = violations(sets, lexicon, settings.pair_length_tolerance)
+    if found:
+        more = f"; ... and {len(found) - MAX_LISTED} more" if len(found) > MAX_LISTED else ""
+        raise ScreenError("stimuli screen failed: " + "; ".join(found[:MAX_LISTED]) + more)
+    seed = settings.seed if settings.seed is not None else seed
+    nrc = load_nrc()
+    metrics = {"counts": {}, "length": {}, "vader": {}, "nrc": {}, "explicit": {}}
+    polarity = {}
+    for name, items in sets.items():
+        texts = [s.text for s in items]
+        polarity[name] = vader_scores(texts)
+        per_emotion = {e: sum(s.emotion == e for s in items) for e in (*EMOTIONS, "neutral")}
+        metrics["counts"][name] = {"n": len(items), "per_emotion": {e: k for e, k in per_emotion.items() if k}}
+        metrics["length"][name] = {"words": _describe([n_words(t) for t in texts]),
+                                   "chars": _describe([len(t) for t in texts])}
+        v = polarity[name]
+        metrics["vader"][name] = {"compound_mean": float(v[:, 0].mean()), "compound_sd": float(v[:, 0].std(ddof=1)),
+                                  "pos_mean": float(v[:, 1].mean()), "neg_mean": float(v[:, 2].mean())}
+        nrc_rows = np.array([nrc_hits(t, nrc) for t in texts])
+        metrics["nrc"][name] = {"hits_mean": float(nrc_rows[:, 0].mean()), "density_mean": float(nrc_rows[:, 1].mean()),
+                                "items_with_hit": int((nrc_rows[:, 0] > 0).sum())}
+        hit_counts = [len(explicit_hits(t, lexicon)) for t in texts]
+        with_hit = sum(k > 0 for k in hit_counts)
+        metrics["explicit"][name] = {"hits": int(sum(hit_counts)), "items_with_hit": int(with_hit),
+                                     "share_with_hit": with_hit / len(items)}
+    ratios = [wn / wb for _, _, wb, wn in pair_ratios(sets)]
+    if ratios:
+        r = np.array(ratios)
+        metrics["pairs"] = {"n": len(r), "ratio_min": float(r.min()), "ratio_max": float(r.max()),
+                            "ratio_mean": float(r.mean()), "tolerance": settings.pair_length_tolerance,
+                            "n_outside": int((np.abs(r - 1) > settings.pair_length_tolerance).sum()),
+                            "max_abs_word_diff": int(max(abs(wn - wb) for _, _, wb, wn in pair_ratios(sets)))}
+    metrics["baselines"] = {}
+    if "B" in sets:
+        b = sets["B"]
+        metrics["baselines"]["set_b_8class"] = baseline(features(b, polarity["B"]),
+                                                        np.array([s.emotion for s in b]), settings, seed)
+        if "N" in sets:
+            both = b + sets["N"]
+            feats = features(both, np.vstack([polarity["B"], polarity["N"]]))
+            y = np.r_[np.ones(len(b), dtype=int), np.zeros(len(sets["N"]), dtype=int)]   # positive class: Set B
+            metrics["baselines"]["b_vs_n"] = baseline(feats, y, settings, seed)
+    metrics["seed"] = seed
+    return metrics
