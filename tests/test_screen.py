@@ -1,0 +1,92 @@
+"""The stimuli screen: explicit words in Sets B/N/C fail it by id, the shipped sets pass, and the text-only shortcut
+baselines give ~0.5 on shuffled labels and ~1 on a planted length cue."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import yaml
+
+from emotion_circuits.config import EMOTIONS, load_params
+from emotion_circuits.screen import (ScreenError, ScreenSettings, baseline, explicit_hits, features, load_lexicon,
+                                     violations)
+from emotion_circuits.stimuli import Stimulus, load_params_sets
+
+LEXICON = load_lexicon("stimuli/lexicon.yaml")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_params_sets(load_params("params.yaml"))
+
+
+def test_shipped_sets_pass_the_screen(shipped):
+    assert violations(shipped, LEXICON, 0.10) == []
+
+
+def test_planted_emotion_word_in_set_b_is_flagged_by_id(shipped):
+    b = list(shipped["B"])
+    b[3] = replace(b[3], text=b[3].text + " She was furious.")
+    found = violations({**shipped, "B": b}, LEXICON, 0.5)
+    assert len(found) == 1 and found[0].startswith(b[3].id) and "'furious'" in found[0]
+
+
+def test_lexicon_prefixes_do_not_catch_innocent_words():
+    assert explicit_hits("He will grind the sober coffee in the yellow mill.", LEXICON) == []
+    assert {w for _, w in explicit_hits("They were terrified and sobbing; she felt infuriated.", LEXICON)} == \
+        {"terrified", "sobbing", "felt", "infuriated"}
+    assert ("admiration", "looked up to") in explicit_hits("Everyone looked up to her.", LEXICON)
+
+
+def test_pair_out_of_length_is_flagged(shipped):
+    n = list(shipped["N"])
+    n[0] = replace(n[0], text=n[0].text + " " + " ".join(["word"] * 30))
+    found = violations({**shipped, "N": n}, LEXICON, 0.10)
+    assert len(found) == 1 and n[0].id in found[0] and "ratio" in found[0]
+
+
+def _items(k_per_class, length_cue):
+    rng = np.random.default_rng(0)
+    vocab = ["table", "river", "paper", "window", "stone", "green", "early", "market", "wheel", "cloud"]
+    items = []
+    for i, emotion in enumerate(EMOTIONS):
+        for j in range(k_per_class):
+            n = 5 + 4 * i if length_cue else int(rng.integers(5, 30))
+            items.append(Stimulus(f"x{i}_{j}", "B", emotion, " ".join(rng.choice(vocab, n))))
+    return items
+
+
+def test_baselines_chance_on_shuffled_labels_and_one_on_a_length_cue():
+    settings = ScreenSettings(n_boot=200)
+    items = _items(12, length_cue=False)
+    y = np.random.default_rng(1).permutation([s.emotion for s in items])
+    chance = baseline(features(items), y, settings, seed=0)
+    for name in ("length", "polarity", "bow"):  # CV on pure noise sits a little below 0.5 (held-out folds shift
+        assert abs(chance[name]["auroc"] - 0.5) < 0.1, (name, chance[name])  # the class balance), never far above
+    cued = _items(12, length_cue=True)
+    planted = baseline({"length": features(cued)["length"]}, np.array([s.emotion for s in cued]), settings, seed=0)
+    assert planted["length"]["auroc"] > 0.97
+
+
+def test_stage_fails_in_one_line_naming_the_item_and_writes_nothing(tmp_path):
+    params = yaml.safe_load(open("params.yaml"))
+    lines = open("stimuli/set_C.jsonl").read().splitlines()
+    first = json.loads(lines[0])
+    first["text"] += " Everyone was terrified."
+    (tmp_path / "set_C.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    params["stimuli"]["C"] = str(tmp_path / "set_C.jsonl")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "stages/stimuli.py", "--params", str(tmp_path / "params.yaml"),
+                           "--metrics", str(tmp_path / "m"), "--plots", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and first["id"] in err[0] and "'terrified'" in err[0], proc.stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path / "p").exists()
+
+
+def test_bad_screen_setting_is_one_line():
+    with pytest.raises(Exception, match="screen.folds"):
+        ScreenSettings(folds=1)
