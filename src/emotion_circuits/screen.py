@@ -97,14 +97,22 @@ def _match(word: str, entry: str) -> bool:
 
 
 def explicit_hits(text: str, lexicon: dict) -> list[tuple[str, str]]:
-    """(category, matched words) for each lexicon match in `text`: whole words, prefixes, word sequences."""
+    """(category, matched words) for each lexicon match in `text`: whole words, prefixes, word sequences.
+    Candidates are looked up by first word (a dict for whole words, a short scan for prefixes): a plain scan of
+    every entry at every position took seconds over the shipped sets."""
     ws = words(text)
     found = []
     for category, entries in lexicon.items():
+        exact, prefix = {}, []
         for entry in entries:
-            k = len(entry)
-            for j in range(len(ws) - k + 1):
-                if all(_match(w, e) for w, e in zip(ws[j:j + k], entry)):
+            if entry[0].endswith("*"):
+                prefix.append(entry)
+            else:
+                exact.setdefault(entry[0], []).append(entry)
+        for j, first in enumerate(ws):
+            for entry in exact.get(first, []) + [e for e in prefix if first.startswith(e[0][:-1])]:
+                k = len(entry)
+                if j + k <= len(ws) and all(_match(w, e) for w, e in zip(ws[j:j + k], entry)):
                     found.append((category, " ".join(ws[j:j + k])))
     return found
 
