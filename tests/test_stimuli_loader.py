@@ -32,12 +32,23 @@ def test_shipped_sets_load_with_mutual_pairs():
     ({**B, "id": "b-5", "emotion": "joy"}, ":2: unknown emotion 'joy'"),
     ({**B, "id": "b-6", "text": "   "}, ":2: empty text"),
     ({**B, "pair": "n-grief-02"}, ":2: duplicate id 'b-grief-01' (first on line 1)"),
+    ({**B, "id": "b-7", "domain": ""}, ":2: empty domain"),
+    ({**B, "id": "b-8", "domain": "  "}, ":2: empty domain"),
+    ({**B, "id": "b-9", "domain": 3}, ":2: every value must be a string"),
+    ({**B, "id": "b-10", "domain": None}, ":2: every value must be a string"),
 ])
 def test_bad_lines(tmp_path, line, message):
     path = write(tmp_path, "set_B.jsonl", B, line)
     with pytest.raises(StimulusError) as err:
         load_stimuli(path, "B")
     assert str(err.value).startswith(str(path)) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_domain_is_optional_and_carried(tmp_path):
+    path = write(tmp_path, "set_B.jsonl", {**B, "domain": "health"}, {**B, "id": "b-grief-02", "pair": "n-grief-02"})
+    with_domain, without = load_stimuli(path, "B")
+    assert (with_domain.domain, without.domain) == ("health", None)
+    assert with_domain.text == B["text"] and with_domain.pair == B["pair"]
 
 
 def test_empty_file_and_wrong_set(tmp_path):
