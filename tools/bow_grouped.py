@@ -4,6 +4,7 @@ nouns leak across folds).
 
     python tools/bow_grouped.py                      # the working tree's stimuli/set_B.jsonl and set_N.jsonl
     python tools/bow_grouped.py --rev HEAD~3         # the sets as committed at a git revision
+    python tools/bow_grouped.py --dir drafts/        # drafts/set_B.jsonl and drafts/set_N.jsonl
     python tools/bow_grouped.py --top 20 --easiest 15
 
 Same pipeline as the screen (screen.bow_model: CountVectorizer + logistic regression, vocabulary fitted in each
@@ -31,9 +32,9 @@ from emotion_circuits.stimuli import load_sets
 log = logging.getLogger("bow_grouped")
 
 
-def load(rev: str | None) -> dict:
+def load(rev: str | None, folder: str = "stimuli") -> dict:
     if rev is None:
-        return load_sets({"B": "stimuli/set_B.jsonl", "N": "stimuli/set_N.jsonl"})
+        return load_sets({name: Path(folder) / f"set_{name}.jsonl" for name in "BN"})
     tmp = Path(tempfile.mkdtemp())
     for name in "BN":
         text = subprocess.run(["git", "show", f"{rev}:stimuli/set_{name}.jsonl"], capture_output=True, text=True,
@@ -71,6 +72,7 @@ def top_words(b, twins, k: int) -> tuple[list, list]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", default=None, help="git revision to read the sets from (default: working tree)")
+    parser.add_argument("--dir", default="stimuli", help="folder of set_B.jsonl and set_N.jsonl (without --rev)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-boot", type=int, default=1000)
@@ -79,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
-    sets = load(args.rev)
+    sets = load(args.rev, args.dir)
     b = sets["B"]
     out = grouped_bow(b, sets["N"], args.folds, args.seed, args.n_boot)
     log.info("B vs N, bag of words, %d pairs, StratifiedGroupKFold(%d) by pair, seed %d: AUROC %.3f "
