@@ -11,7 +11,7 @@ import yaml
 
 from emotion_circuits.config import EMOTIONS, load_params
 from emotion_circuits.screen import (ScreenError, ScreenSettings, baseline, explicit_hits, features, load_lexicon,
-                                     violations)
+                                     screen, violations)
 from emotion_circuits.stimuli import Stimulus, load_params_sets
 
 LEXICON = load_lexicon("stimuli/lexicon.yaml")
@@ -90,3 +90,17 @@ def test_stage_fails_in_one_line_naming_the_item_and_writes_nothing(tmp_path):
 def test_bad_screen_setting_is_one_line():
     with pytest.raises(Exception, match="screen.folds"):
         ScreenSettings(folds=1)
+
+
+def test_counts_per_domain_only_for_sets_with_domains():
+    rng = np.random.default_rng(2)
+    words = ["table", "river", "paper", "window", "stone", "green", "early", "market"]
+    domains = ("work", "home")
+    b = [Stimulus(f"b{i}_{j}", "B", e, " ".join(rng.choice(words, 8)), domain=domains[j % 2 if i else 0])
+         for i, e in enumerate(EMOTIONS) for j in range(5)]
+    c = [Stimulus(f"c{j}", "C", "neutral", " ".join(rng.choice(words, 8))) for j in range(5)]
+    metrics = screen({"B": b, "C": c}, LEXICON, ScreenSettings(n_boot=100), seed=0)
+    per_domain = metrics["counts"]["B"]["per_domain"]
+    assert per_domain[EMOTIONS[0]] == {"work": 5}
+    assert all(per_domain[e] == {"home": 2, "work": 3} for e in EMOTIONS[1:])
+    assert "per_domain" not in metrics["counts"]["C"]

@@ -1,9 +1,10 @@
 """The stimulus loader: the shipped sets load; each kind of bad line gives one line naming file and line."""
 import json
+from collections import Counter
 
 import pytest
 
-from emotion_circuits.config import load_params
+from emotion_circuits.config import EMOTIONS, load_params
 from emotion_circuits.stimuli import StimulusError, load_params_sets, load_sets, load_stimuli
 
 B = {"id": "b-grief-01", "set": "B", "emotion": "grief", "text": "The hospital called at 4 a.m.", "pair": "n-grief-01"}
@@ -16,11 +17,21 @@ def write(tmp_path, name, *lines):
     return path
 
 
-def test_shipped_sets_load_with_mutual_pairs():
+def test_shipped_sets_load_with_mutual_pairs_balance_and_domains():
+    """DESIGN §2 sizes (at least 16 per emotion in A, 24 in B, one N twin each, 24 in C), balanced emotions, and
+    every A/B/N item with a domain, at least three per emotion in B, each N twin in its vignette's domain."""
     sets = load_params_sets(load_params("params.yaml"))
-    assert {k: len(v) for k, v in sets.items()} == {"A": 96, "B": 96, "N": 96, "C": 24}
+    for name, least in (("A", 16), ("B", 24)):
+        counts = Counter(s.emotion for s in sets[name])
+        assert set(counts) == set(EMOTIONS) and len(set(counts.values())) == 1 and min(counts.values()) >= least, \
+            (name, counts)
+    assert len(sets["N"]) == len(sets["B"]) and len(sets["C"]) >= 24
     by_id = {s.id: s for items in sets.values() for s in items}
     assert all(by_id[s.pair].pair == s.id for s in sets["B"])
+    assert all(s.domain for name in "ABN" for s in sets[name])
+    assert all(by_id[s.pair].domain == s.domain for s in sets["B"])
+    for emotion in EMOTIONS:
+        assert len({s.domain for s in sets["B"] if s.emotion == emotion}) >= 3, emotion
 
 
 @pytest.mark.parametrize("line, message", [
@@ -32,12 +43,23 @@ def test_shipped_sets_load_with_mutual_pairs():
     ({**B, "id": "b-5", "emotion": "joy"}, ":2: unknown emotion 'joy'"),
     ({**B, "id": "b-6", "text": "   "}, ":2: empty text"),
     ({**B, "pair": "n-grief-02"}, ":2: duplicate id 'b-grief-01' (first on line 1)"),
+    ({**B, "id": "b-7", "domain": ""}, ":2: empty domain"),
+    ({**B, "id": "b-8", "domain": "  "}, ":2: empty domain"),
+    ({**B, "id": "b-9", "domain": 3}, ":2: every value must be a string"),
+    ({**B, "id": "b-10", "domain": None}, ":2: every value must be a string"),
 ])
 def test_bad_lines(tmp_path, line, message):
     path = write(tmp_path, "set_B.jsonl", B, line)
     with pytest.raises(StimulusError) as err:
         load_stimuli(path, "B")
     assert str(err.value).startswith(str(path)) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_domain_is_optional_and_carried(tmp_path):
+    path = write(tmp_path, "set_B.jsonl", {**B, "domain": "health"}, {**B, "id": "b-grief-02", "pair": "n-grief-02"})
+    with_domain, without = load_stimuli(path, "B")
+    assert (with_domain.domain, without.domain) == ("health", None)
+    assert with_domain.text == B["text"] and with_domain.pair == B["pair"]
 
 
 def test_empty_file_and_wrong_set(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -230,6 +231,10 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
         polarity[name] = vader_scores(texts)
         per_emotion = {e: sum(s.emotion == e for s in items) for e in (*EMOTIONS, "neutral")}
         metrics["counts"][name] = {"n": len(items), "per_emotion": {e: k for e, k in per_emotion.items() if k}}
+        if any(s.domain for s in items):     # emotion -> domain -> items, for the data card's balance table
+            metrics["counts"][name]["per_domain"] = {
+                e: dict(sorted(Counter(s.domain for s in items if s.emotion == e).items()))
+                for e, k in per_emotion.items() if k}
         metrics["length"][name] = {"words": _describe([n_words(t) for t in texts]),
                                    "chars": _describe([len(t) for t in texts])}
         v = polarity[name]

@@ -8,7 +8,7 @@ from pathlib import Path
 from .config import EMOTIONS, SETS
 
 KEYS = {"id", "set", "emotion", "text"}
-OPTIONAL = {"pair"}
+OPTIONAL = {"pair", "domain"}   # domain: the situation's domain (work, family, ...), for domain-held-out CV
 
 
 class StimulusError(ValueError):
@@ -22,6 +22,7 @@ class Stimulus:
     emotion: str
     text: str
     pair: str | None = None
+    domain: str | None = None
 
 
 def _parse_line(path: Path, number: int, line: str, set_name: str | None) -> Stimulus:
@@ -37,7 +38,7 @@ def _parse_line(path: Path, number: int, line: str, set_name: str | None) -> Sti
         raise StimulusError(f"{where}: missing key {sorted(missing)[0]!r}")
     if extra:
         raise StimulusError(f"{where}: unknown key {sorted(extra)[0]!r} (allowed: {', '.join(sorted(KEYS | OPTIONAL))})")
-    if not all(isinstance(obj[k], str) for k in KEYS) or not isinstance(obj.get("pair", ""), str):
+    if not all(isinstance(obj[k], str) for k in KEYS | (OPTIONAL & set(obj))):
         raise StimulusError(f"{where}: every value must be a string")
     if obj["set"] not in SETS:
         raise StimulusError(f"{where}: unknown set {obj['set']!r} (expected one of {', '.join(SETS)})")
@@ -51,7 +52,10 @@ def _parse_line(path: Path, number: int, line: str, set_name: str | None) -> Sti
         raise StimulusError(f"{where}: empty text")
     if not obj["id"].strip():
         raise StimulusError(f"{where}: empty id")
-    return Stimulus(id=obj["id"], set=obj["set"], emotion=obj["emotion"], text=obj["text"], pair=obj.get("pair"))
+    if "domain" in obj and not obj["domain"].strip():
+        raise StimulusError(f"{where}: empty domain")
+    return Stimulus(id=obj["id"], set=obj["set"], emotion=obj["emotion"], text=obj["text"], pair=obj.get("pair"),
+                    domain=obj.get("domain"))
 
 
 def load_stimuli(path, set_name: str | None = None) -> list[Stimulus]:
