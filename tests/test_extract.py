@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from emotion_circuits.extract import (ExtractSettings, extract, pad_right, save_activations, shared_prefix_length,
-                                      tokenize_prompt)
+from emotion_circuits.extract import (ExtractSettings, extract, extract_sets, pad_right, save_activations,
+                                      shared_prefix_length, tokenize_prompt)
 from emotion_circuits.io import DataError, load_npz
 
 TEMPLATE = "Which emotion? Choose one.\n\nText: {text}\nAnswer:"
@@ -75,6 +75,17 @@ def test_pad_right_positions_continue_the_prefix():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]]
     assert batch["position_ids"].tolist() == [[4, 5, 6], [4, 5, 6]]
+
+
+def test_extract_sets_writes_one_file_per_set_equal_to_single_runs(tiny, tmp_path):
+    sets = {"A": (STIMULI[:2], tmp_path / "A.npz"), "B": (STIMULI[2:], tmp_path / "B.npz")}
+    extract_sets(tiny, sets, TEMPLATE, FAST, prompt_name="p", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A.npz", "B.npz"]
+    for name, (stimuli, path) in sets.items():
+        written = load_npz(path)
+        alone = extract(tiny, stimuli, TEMPLATE, FAST, prompt_name="p", set_name=name, progress=False)
+        assert_same_activations(written, alone, tol=0)
+        assert json.loads(str(written["meta"]))["set"] == name
 
 
 def test_contract_and_round_trip(tiny, tmp_path):

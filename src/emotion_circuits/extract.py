@@ -197,6 +197,17 @@ def _version(package: str) -> str:
     return version(package)
 
 
+def extract_sets(loaded: LoadedModel, sets: dict[str, tuple[list, str]], template: str,
+                 settings: ExtractSettings = ExtractSettings(), prompt_name: str = "", progress: bool = True) -> None:
+    """Extract several stimulus sets with one loaded model and prompt, writing each set's .npz (atomically) as soon
+    as it is done. sets: set name -> (stimuli, output path). One process per model x prompt instead of one per set
+    saves a Python, torch and model start-up per set."""
+    for set_name, (stimuli, path) in sets.items():
+        arrays = extract(loaded, stimuli, template, settings, prompt_name=prompt_name, set_name=set_name,
+                         progress=progress)
+        save_activations(path, arrays)
+
+
 def save_activations(path, arrays: dict[str, np.ndarray]) -> None:
     """Write the contract's arrays atomically (temporary name, then rename)."""
     missing = [k for k in ACTIVATION_ARRAYS if k not in arrays]
