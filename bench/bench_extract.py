@@ -60,6 +60,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="skip the one-by-one loops and the GGUF load")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each line as soon as it is measured, also into a file
     params = load_params()
     template = params.prompt("two-shot").template
     torch.set_num_threads(torch.get_num_threads())
