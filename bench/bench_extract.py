@@ -89,8 +89,8 @@ def main():
                     for k in ("h", "a", "m", "attention"))
         n_prefix = json.loads(str(cached_arrays["meta"]))["prefix_tokens"]
         n_tokens = sum(len(p) for p in prompts)
-        print(f"{name}: {args.n} prompts, {n_tokens} tokens (the first {n_prefix} of each prompt are the shared prefix), batch "
-              f"{args.batch_size}, float32, {torch.get_num_threads()} threads")
+        print(f"{name}: {args.n} prompts, {n_tokens} tokens (the first {n_prefix} of each prompt are the shared "
+              f"prefix), batch {args.batch_size}, float32, {torch.get_num_threads()} threads")
         print(f"  extraction (plain)    {t_extract:7.2f} s  ({n_tokens / t_extract:6.0f} tokens/s)"
               f"  throughput vs bare forward {t_bare:.2f} s: {t_bare / t_extract:.2f}x (target >= 0.9x)")
         print(f"  extraction (prefix)   {t_cached:7.2f} s  prefix-cached speed-up: {t_extract / t_cached:.2f}x "
