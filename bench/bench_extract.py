@@ -1,11 +1,17 @@
 """Extraction speed, as ratios measured in one run on the embedded models:
-  1. extraction throughput vs the bare model forward on the same batches (hook overhead; target >= 0.9x)
-  2. batched vs one-at-a-time extraction (target >= 3x on 2 cores), and vs the naive per-stimulus loop (full
+  1. prefix-cached vs plain extraction of the same stimuli with the two-shot prompt (target >= 1.8x), and the
+     largest difference between their arrays
+  2. plain extraction throughput vs the bare model forward on the same batches (hook overhead; target >= 0.9x)
+  3. batched vs one-at-a-time extraction (target >= 3x on 2 cores), and vs the naive per-stimulus loop (full
      logits at every position, output_attentions and output_hidden_states, slicing the last position afterwards)
-  3. load time from the safetensors cache vs from GGUF
-Usage: python bench/bench_extract.py [--models ...] [--n 32]
+  4. load time from the safetensors cache vs from GGUF, and the start-up of a fresh process (Python, torch,
+     transformers, the model) that one extract process per model x prompt instead of per set saves
+Usage: python bench/bench_extract.py [--models ...] [--n 32] [--quick]   (--quick: items 1, 2 and 4's start-up only)
 """
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +36,13 @@ def stimuli(params, n):
     return [items[i % len(items)] for i in range(n)]
 
 
+STARTUP = """import sys
+from emotion_circuits.config import load_params
+from emotion_circuits.models import load_model
+load_model(sys.argv[1], load_params(), device="cpu", dtype="float32")
+"""
+
+
 def timed(fn, repeat=2):
     fn()  # warm-up: first calls on new shapes are slower
     best = float("inf")
@@ -45,7 +58,9 @@ def main():
     parser.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="skip the one-by-one loops and the GGUF load")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each line as soon as it is measured, also into a file
     params = load_params()
     template = params.prompt("two-shot").template
     torch.set_num_threads(torch.get_num_threads())
@@ -54,7 +69,8 @@ def main():
         loaded = load_model(name, params, device="cpu", dtype="float32")
         load_cache = time.perf_counter() - start
         items = stimuli(params, args.n)
-        settings = ExtractSettings(batch_size=args.batch_size)
+        settings = ExtractSettings(batch_size=args.batch_size, prefix_cache=False)
+        cached = ExtractSettings(batch_size=args.batch_size, prefix_cache=True)
         prompts = sorted((tokenize_prompt(loaded.tokenizer, template, s.text).ids for s in items), key=len)
         batches = [pad_left(prompts[i:i + args.batch_size], loaded.tokenizer.pad_token_id, "cpu")
                    for i in range(0, len(prompts), args.batch_size)]
@@ -66,8 +82,27 @@ def main():
 
         t_bare = timed(bare)
         t_extract = timed(lambda: extract(loaded, items, template, settings, progress=False))
-        t_single = timed(lambda: extract(loaded, items, template, ExtractSettings(batch_size=1), progress=False),
-                         repeat=1)
+        t_cached = timed(lambda: extract(loaded, items, template, cached, progress=False))
+        plain_arrays = extract(loaded, items, template, settings, progress=False)
+        cached_arrays = extract(loaded, items, template, cached, progress=False)
+        error = max(float(abs(cached_arrays[k] - plain_arrays[k]).max() / abs(plain_arrays[k]).max())
+                    for k in ("h", "a", "m", "attention"))
+        n_prefix = json.loads(str(cached_arrays["meta"]))["prefix_tokens"]
+        n_tokens = sum(len(p) for p in prompts)
+        print(f"{name}: {args.n} prompts, {n_tokens} tokens (the first {n_prefix} of each prompt are the shared "
+              f"prefix), batch {args.batch_size}, float32, {torch.get_num_threads()} threads")
+        print(f"  extraction (plain)    {t_extract:7.2f} s  ({n_tokens / t_extract:6.0f} tokens/s)"
+              f"  throughput vs bare forward {t_bare:.2f} s: {t_bare / t_extract:.2f}x (target >= 0.9x)")
+        print(f"  extraction (prefix)   {t_cached:7.2f} s  prefix-cached speed-up: {t_extract / t_cached:.2f}x "
+              f"(target >= 1.8x); largest difference / scale {error:.1e}")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", STARTUP, name], check=True)
+        print(f"  start-up of a fresh process (import torch and transformers, load the model): "
+              f"{time.perf_counter() - start:.1f} s (saved for each set after the first of a model x prompt)")
+        if args.quick:
+            continue
+        t_single = timed(lambda: extract(loaded, items, template, ExtractSettings(batch_size=1, prefix_cache=False),
+                                         progress=False), repeat=1)
 
         def naive():
             with torch.inference_mode():
@@ -78,13 +113,7 @@ def main():
                     out.logits[:, -1].numpy()
 
         t_naive = timed(naive, repeat=1)
-        n_tokens = sum(len(p) for p in prompts)
-        print(f"{name}: {args.n} prompts, {n_tokens} tokens, batch {args.batch_size}, float32, "
-              f"{torch.get_num_threads()} threads")
-        print(f"  bare forward          {t_bare:7.2f} s  ({n_tokens / t_bare:6.0f} tokens/s)")
-        print(f"  extraction (batched)  {t_extract:7.2f} s  ({n_tokens / t_extract:6.0f} tokens/s)"
-              f"  throughput vs bare: {t_bare / t_extract:.2f}x (target >= 0.9x)")
-        print(f"  extraction (1 by 1)   {t_single:7.2f} s  batched speed-up: {t_single / t_extract:.2f}x (target >= 3x)")
+        print(f"  plain (1 by 1)        {t_single:7.2f} s  batched speed-up: {t_single / t_extract:.2f}x (target >= 3x)")
         print(f"  naive loop (1 by 1)   {t_naive:7.2f} s  extraction speed-up: {t_naive / t_extract:.2f}x")
         spec = params.model(name)
         if spec.source == "gguf-package":

@@ -1,11 +1,13 @@
-"""Batched extraction: equality with one-at-a-time runs, the extraction position, the file contract, bad input."""
+"""Batched extraction: equality with one-at-a-time runs and of the prefix-cached path with the plain one, the
+extraction position, the file contract, bad input."""
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from emotion_circuits.extract import ExtractSettings, extract, save_activations, tokenize_prompt
+from emotion_circuits.extract import (ExtractSettings, extract, extract_sets, pad_right, save_activations,
+                                      shared_prefix_length, tokenize_prompt)
 from emotion_circuits.io import DataError, load_npz
 
 TEMPLATE = "Which emotion? Choose one.\n\nText: {text}\nAnswer:"
@@ -24,6 +26,66 @@ def test_batched_equals_one_at_a_time(tiny):
         np.testing.assert_allclose(batched["attention"][i, ..., :k], single["attention"][0, ..., :k], atol=1e-6)
         assert not batched["attention"][i, ..., k:].any()
         np.testing.assert_allclose(batched["attention"][i].sum(-1), 1.0, atol=1e-5)  # weights over real tokens only
+
+
+PLAIN = ExtractSettings(batch_size=3, prefix_cache=False)
+FAST = ExtractSettings(batch_size=3, prefix_cache=True)
+
+
+def assert_same_activations(fast, plain, tol=1e-5):
+    """Every array equal; floats within `tol` of each array's largest magnitude (float32 rounding of another
+    summation order: the prefix runs in a batch of one, the plain path with padding)."""
+    for key in ("h", "a", "m", "embed", "attention"):
+        scale = np.abs(plain[key]).max()
+        assert np.abs(fast[key] - plain[key]).max() <= tol * scale, key
+    for key in ("ids", "emotions", "n_tokens", "tokens", "text_start", "text_end"):
+        assert np.array_equal(fast[key], plain[key]), key
+
+
+def test_prefix_cache_equals_plain_path(tiny):
+    """Batches of 3 over prompts of 47..118 tokens: rows of unequal length share a batch, and the tiny Gemmas'
+    16-token sliding window is far shorter than the prompts (a misplaced key column or position would show)."""
+    fast = extract(tiny, STIMULI, TEMPLATE, FAST, progress=False)
+    plain = extract(tiny, STIMULI, TEMPLATE, PLAIN, progress=False)
+    assert_same_activations(fast, plain)
+    meta_fast, meta_plain = json.loads(str(fast["meta"])), json.loads(str(plain["meta"]))
+    n_prefix = len(tokenize_prompt(tiny.tokenizer, TEMPLATE, "x").ids) - len("x\nAnswer:")  # byte tokens
+    assert meta_fast["prefix_cache"] is True and meta_fast["prefix_tokens"] == n_prefix
+    assert meta_plain["prefix_cache"] is False and meta_plain["prefix_tokens"] == 0
+    if tiny.model.config.model_type != "llama":  # the window is exercised: no weight on keys 16+ tokens back
+        assert not plain["attention"][1, 0, :, : plain["n_tokens"][1] - 16].any()
+
+
+def test_prefix_cache_single_stimulus_and_one_row_batches(tiny):
+    fast = extract(tiny, STIMULI[:1], TEMPLATE, ExtractSettings(batch_size=1), progress=False)
+    plain = extract(tiny, STIMULI[:1], TEMPLATE, ExtractSettings(batch_size=1, prefix_cache=False), progress=False)
+    assert_same_activations(fast, plain)
+
+
+def test_shared_prefix_stops_before_the_text_and_leaves_a_token(tiny):
+    prompts = [tokenize_prompt(tiny.tokenizer, TEMPLATE, t) for t in ("Rain.", "Rain fell.")]
+    assert shared_prefix_length(prompts) == prompts[0].text_start  # "Rain" is shared but is stimulus text
+    assert shared_prefix_length(prompts[:1]) == prompts[0].text_start
+    bare = tokenize_prompt(tiny.tokenizer, "{text}", "Rain.")
+    assert shared_prefix_length([bare]) == bare.text_start  # nothing fixed before the text: no prefix run
+
+
+def test_pad_right_positions_continue_the_prefix():
+    batch = pad_right([[5, 6, 7], [8]], pad_id=0, device="cpu", offset=4)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]]
+    assert batch["position_ids"].tolist() == [[4, 5, 6], [4, 5, 6]]
+
+
+def test_extract_sets_writes_one_file_per_set_equal_to_single_runs(tiny, tmp_path):
+    sets = {"A": (STIMULI[:2], tmp_path / "A.npz"), "B": (STIMULI[2:], tmp_path / "B.npz")}
+    extract_sets(tiny, sets, TEMPLATE, FAST, prompt_name="p", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A.npz", "B.npz"]
+    for name, (stimuli, path) in sets.items():
+        written = load_npz(path)
+        alone = extract(tiny, stimuli, TEMPLATE, FAST, prompt_name="p", set_name=name, progress=False)
+        assert_same_activations(written, alone, tol=0)
+        assert json.loads(str(written["meta"]))["set"] == name
 
 
 def test_contract_and_round_trip(tiny, tmp_path):
@@ -59,6 +121,18 @@ def test_embedded_extraction_position_is_the_final_colon(embedded_model):
     assert tokens[-1] == ":" and tokens[-2].strip("Ġ▁") == "Answer"
     gemma = "gemma" in embedded_model.name
     assert (tokens[0] == "<bos>") == gemma and "<bos>" not in tokens[1:]
+
+
+@pytest.mark.slow
+def test_embedded_prefix_cache_equals_plain_path(embedded_model):
+    two_shot = __import__("emotion_circuits.config", fromlist=["load_params"]).load_params().prompt("two-shot")
+    fast = extract(embedded_model, STIMULI, two_shot.template, FAST, progress=False)
+    plain = extract(embedded_model, STIMULI, two_shot.template, PLAIN, progress=False)
+    assert_same_activations(fast, plain, tol=1e-5)
+    n_prefix = json.loads(str(fast["meta"]))["prefix_tokens"]
+    assert n_prefix == fast["text_start"].min() and n_prefix > 50  # the instructions and both exemplars
+    prefix = embedded_model.tokenizer.convert_tokens_to_string(list(fast["tokens"][0][:n_prefix]))
+    assert prefix.endswith("Text:") and "Answer: ecstasy" in prefix, prefix
 
 
 @pytest.mark.slow

@@ -46,3 +46,10 @@ def test_unknown_prompt_and_set(tmp_path):
                                                      "--set", "B")
     assert "unknown stimulus set 'Q'" in run_stage(tmp_path, "--model", "gemma3-270m", "--prompt", "two-shot",
                                                    "--set", "Q")
+
+
+def test_out_with_several_sets_and_an_unknown_set_among_several(tmp_path):
+    line = run_stage(tmp_path, "--model", "gemma3-270m", "--prompt", "two-shot", "--sets", "A", "B")
+    assert "--out names one file but 2 sets" in line
+    assert "unknown stimulus set 'Q'" in run_stage(tmp_path, "--model", "gemma3-270m", "--prompt", "two-shot",
+                                                   "--sets", "A", "Q")

@@ -1,4 +1,5 @@
-"""Faults: an extraction killed part-way leaves nothing behind and the rerun completes; reruns are deterministic."""
+"""Faults: an extraction killed while writing leaves the previous files intact and the rerun completes; reruns are
+deterministic."""
 import json
 import os
 import signal
@@ -17,36 +18,70 @@ def stage_env():
     return {**os.environ, "EMOTION_CIRCUITS_DEBUG": ""}
 
 
-def extract_cmd(tmp_path, n_items):
-    """A params copy whose Set B holds the first n_items vignettes; the command extracts it with SmolLM2."""
+def extract_cmd(tmp_path, n_items, sets=("B",)):
+    """A params copy whose sets hold the first n_items vignettes of Set B; the command extracts them with SmolLM2
+    (one set: to --out; several: to --out-dir)."""
     params = yaml.safe_load(open("params.yaml"))
     lines = open("stimuli/set_B.jsonl").read().splitlines()[:n_items]
-    stim = tmp_path / "set_B.jsonl"
-    stim.write_text("\n".join(json.dumps({k: v for k, v in json.loads(l).items() if k != "pair"}) for l in lines) + "\n")
-    params["stimuli"]["B"] = str(stim)
+    for name in sets:
+        stim = tmp_path / f"set_{name}.jsonl"
+        rows = [{k: v for k, v in json.loads(l).items() if k != "pair"} for l in lines]
+        stim.write_text("\n".join(json.dumps({**r, "set": name}) for r in rows) + "\n")
+        params["stimuli"][name] = str(stim)
     params["extract"]["batch_size"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    out = tmp_path / "act" / "B.npz"
+    out_dir = tmp_path / "act"
     cmd = [sys.executable, "stages/extract.py", "--params", str(tmp_path / "params.yaml"), "--model",
-           "smollm2-135m-instruct", "--prompt", "zero-shot", "--set", "B", "--out", str(out)]
-    return cmd, out
+           "smollm2-135m-instruct", "--prompt", "zero-shot", "--sets", *sets]
+    if len(sets) == 1:
+        return cmd + ["--out", str(out_dir / f"{sets[0]}.npz")], out_dir / f"{sets[0]}.npz"
+    return cmd + ["--out-dir", str(out_dir)], out_dir
+
+
+# Runs a stage script with os.replace of an .npz held: the temporary file is complete, the rename has not happened;
+# the script writes the temporary file's name to $HOLD_FLAG and waits to be killed.
+HOLD_BEFORE_RENAME = """import os, runpy, sys, time
+real = os.replace
+def hold(src, dst):
+    if not str(dst).endswith(".npz"):
+        return real(src, dst)
+    open(os.environ["HOLD_FLAG"], "w").write(str(src))
+    time.sleep(600)
+os.replace = hold
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 @pytest.mark.slow
-def test_killed_extraction_leaves_no_partial_file_and_rerun_completes(tmp_path):
-    cmd, out = extract_cmd(tmp_path, 12)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=stage_env())
-    seen = ""
-    deadline = time.time() + 120
-    while "extract smollm2" not in seen and time.time() < deadline:  # the progress bar: batches are running
-        seen += proc.stderr.read(1)
+def test_killed_while_writing_leaves_the_previous_files_and_rerun_completes(tmp_path):
+    """Killed after the new .npz is complete under its temporary name: a writer that wrote in place would have
+    replaced A.npz by then; the atomic one leaves both previous files byte for byte, and the rerun removes the
+    stale temporary file."""
+    cmd, out_dir = extract_cmd(tmp_path, 4, sets=("A", "B"))
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300, env=stage_env())
+    before = {name: (out_dir / f"{name}.npz").read_bytes() for name in ("A", "B")}
+    cmd, _ = extract_cmd(tmp_path, 6, sets=("A", "B"))  # new content: 6 stimuli per set
+    flag = tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_BEFORE_RENAME, *cmd[1:]], stderr=subprocess.DEVNULL,
+                            env={**stage_env(), "HOLD_FLAG": str(flag)})
+    deadline = time.time() + 300
+    while not flag.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert flag.exists(), "the writer never reached the rename"
+    time.sleep(0.2)
+    tmp = out_dir / os.path.basename(flag.read_text())
+    assert tmp.exists() and tmp.name.startswith(".A.npz.")
+    assert load_npz(tmp)["h"].shape[0] == 6  # the new file is complete, only not yet renamed
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert not out.parent.exists() or not list(out.parent.iterdir())  # no .npz, no temporary file
+    assert {name: (out_dir / f"{name}.npz").read_bytes() for name in ("A", "B")} == before
     subprocess.run(cmd, check=True, capture_output=True, timeout=300, env=stage_env())
-    arrays = load_npz(out, required=("h", "a", "m", "ids"))
-    assert arrays["h"].shape[0] == 12 and sorted(p.name for p in out.parent.iterdir()) == ["B.npz"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["A.npz", "B.npz"]  # no temporary file left
+    for name in ("A", "B"):
+        arrays = load_npz(out_dir / f"{name}.npz", required=("h", "a", "m", "ids"))
+        assert arrays["h"].shape[0] == 6 and json.loads(str(arrays["meta"]))["set"] == name
 
 
 @pytest.mark.slow

@@ -103,3 +103,19 @@ def test_layer_out_of_range_fails_before_running(tiny):
     with pytest.raises(SiteError, match="out of range"):
         with hooked(tiny.model, reads=[Site("h", 3)]):
             pass
+
+
+def test_reads_at_a_position_per_row(tiny):
+    """A `(batch,)` tensor of positions reads row j at its own position: the same values as reading every row at
+    that one position, sites and attention alike."""
+    ids = torch.tensor([tiny.tokenizer(PROMPT)["input_ids"]] * 2)
+    sites = [Site("h", 0), Site("m", 1), Site("a", 2)]
+    with torch.inference_mode():
+        with hooked(tiny.model, reads=sites, attention=True, position=torch.tensor([3, 7])) as per_row:
+            tiny.model(input_ids=ids)
+        for j, pos in enumerate((3, 7)):
+            with hooked(tiny.model, reads=sites, attention=True, position=pos) as fixed:
+                tiny.model(input_ids=ids)
+            for key in [*sites, ("attn", 1)]:
+                torch.testing.assert_close(per_row[key][j], fixed[key][j], rtol=0, atol=0)
+    assert not torch.equal(per_row[Site("h", 0)][0], per_row[Site("h", 0)][1])

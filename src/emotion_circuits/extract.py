@@ -1,7 +1,14 @@
 """Batched extraction of h / a / m and the attention of the extraction position, to the .npz contract of DESIGN §5.
 
-Prompts are left-padded (so the extraction position, the prompt's last token, is the last column of every row),
-sorted by length into batches to waste little on padding, and the model computes logits for the last position only.
+Prompts are sorted by length into batches to waste little on padding, and the model computes logits for the last
+position only. Two paths give the same arrays (within float32 rounding, tested):
+- prefix cache (default): every prompt of a set starts with the template's fixed part (instructions and exemplars,
+  the same token ids in every prompt), so those tokens run once per set and their keys and values are shared by
+  every batch; only the stimulus tokens and the answer cue run per stimulus, right-padded after the prefix (the
+  columns are then the true positions, which a sliding-window layer needs), each row read at its own last token.
+- plain: whole prompts, left-padded, so the extraction position is the last column of every row.
+The prompt's token ids are the same in both (the plain tokenization split after the shared prefix), so no boundary
+between prefix and stimulus is ever tokenized differently.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .io import DataError, save_npz
 from .models import LoadedModel, describe
-from .sites import KINDS, all_sites, hooked
+from .sites import KINDS, at_position, all_sites, decoder_layers, hooked
 
 ACTIVATION_ARRAYS = ("h", "a", "m", "embed", "ids", "emotions", "n_tokens", "attention", "tokens",
                      "text_start", "text_end", "meta")
@@ -26,6 +33,7 @@ ACTIVATION_ARRAYS = ("h", "a", "m", "embed", "ids", "emotions", "n_tokens", "att
 class ExtractSettings:
     batch_size: int = 8
     max_tokens: int = 480
+    prefix_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,57 @@ def pad_left(batch_ids: list[list[int]], pad_id: int, device) -> dict[str, torch
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
+def pad_right(batch_ids: list[list[int]], pad_id: int, device, offset: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad a batch of id lists that continue a shared prefix of `offset` tokens: input_ids `(batch, width)`,
+    attention_mask `(batch, offset + width)` (the prefix, then the row's own tokens), position_ids `(batch, width)`."""
+    width = max(len(ids) for ids in batch_ids)
+    input_ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), offset + width), dtype=torch.long)
+    mask[:, :offset] = 1
+    for row, ids in enumerate(batch_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, offset: offset + len(ids)] = 1
+    positions = torch.arange(offset, offset + width).expand(len(batch_ids), -1)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+
+
+def shared_prefix_length(prompts: list[Prompt]) -> int:
+    """Number of leading token ids every prompt shares, stopping before the first stimulus token and leaving at
+    least one token per prompt to run (the template's fixed part: BOS, instructions, exemplars, 'Text:')."""
+    limit = min(min(p.text_start for p in prompts), min(len(p.ids) for p in prompts) - 1)
+    first = prompts[0].ids
+    n = 0
+    while n < limit and all(p.ids[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+def _base_model(model) -> torch.nn.Module:
+    """The decoder stack without the output layer (the prefix run needs only its keys and values)."""
+    layers = decoder_layers(model)
+    return next(m for m in model.modules() if getattr(m, "layers", None) is layers)
+
+
+def _prefix_keys_values(model, ids: list[int], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, keys and values `(1, kv_heads, len(ids), head_dim)` of the prefix. The cache has full layers only:
+    a sliding-window cache layer would drop keys, and the attention weights over the whole prompt are recorded."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    _base_model(model)(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _batch_cache(prefix: list[tuple[torch.Tensor, torch.Tensor]], batch: int):
+    """A fresh cache holding the prefix once per row (each forward pass appends to the cache it is given)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(prefix):
+        cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer)
+    return cache
+
+
 def extract(loaded: LoadedModel, stimuli, template: str, settings: ExtractSettings = ExtractSettings(),
             prompt_name: str = "", set_name: str = "", progress: bool = True) -> dict[str, np.ndarray]:
     """Activations of every stimulus at the extraction position; returns the arrays of the .npz contract.
@@ -84,20 +143,31 @@ def extract(loaded: LoadedModel, stimuli, template: str, settings: ExtractSettin
     out["embed"] = np.zeros((n, d_model), np.float32)
     out["attention"] = np.zeros((n, n_layers, n_heads, max_tokens), np.float32)
     sites = all_sites(n_layers)
+    n_prefix = shared_prefix_length(prompts) if settings.prefix_cache else 0
     order = np.argsort([len(p.ids) for p in prompts], kind="stable")
     batches = [order[i:i + settings.batch_size] for i in range(0, n, settings.batch_size)]
-    with torch.inference_mode(), hooked(model, reads=sites, attention=True) as cache:
+    with torch.inference_mode():
+        prefix = _prefix_keys_values(model, prompts[0].ids[:n_prefix], loaded.device) if n_prefix else None
         for rows in tqdm(batches, desc=f"extract {loaded.name} {prompt_name} {set_name}", disable=not progress):
-            batch = pad_left([prompts[r].ids for r in rows], tokenizer.pad_token_id, loaded.device)
-            result = model(**batch, logits_to_keep=1, output_hidden_states=True, use_cache=False)
-            out["embed"][rows] = result.hidden_states[0][:, -1].float().cpu().numpy()
+            lengths = [len(prompts[r].ids) for r in rows]
+            if prefix is None:  # left-padded whole prompts: every row's last token is the last column
+                batch = pad_left([prompts[r].ids for r in rows], tokenizer.pad_token_id, loaded.device)
+                position, key_start = -1, [batch["input_ids"].shape[1] - k for k in lengths]
+                extra = {"use_cache": False}
+            else:  # right-padded continuations of the prefix: each row read at its own last token
+                batch = pad_right([prompts[r].ids[n_prefix:] for r in rows], tokenizer.pad_token_id, loaded.device,
+                                  offset=n_prefix)
+                position, key_start = torch.tensor(lengths) - n_prefix - 1, [0] * len(rows)
+                extra = {"cache": _batch_cache(prefix, len(rows)), "use_cache": True}
+            with hooked(model, reads=sites, attention=True, position=position) as cache:
+                result = model(**batch, **extra, logits_to_keep=1, output_hidden_states=True)
+            out["embed"][rows] = at_position(result.hidden_states[0], position).float().cpu().numpy()
             for site in sites:
                 out[site.kind][rows, site.layer] = cache[site].float().cpu().numpy()
             for layer in range(n_layers):
-                weights = cache[("attn", layer)].float().cpu().numpy()  # (batch, heads, width)
+                weights = cache[("attn", layer)].float().cpu().numpy()  # (batch, heads, keys)
                 for j, r in enumerate(rows):
-                    k = len(prompts[r].ids)
-                    out["attention"][r, layer, :, :k] = weights[j, :, weights.shape[-1] - k:]
+                    out["attention"][r, layer, :, :lengths[j]] = weights[j, :, key_start[j]: key_start[j] + lengths[j]]
     for key in ("h", "a", "m", "embed"):
         if not np.isfinite(out[key]).all():
             raise DataError(f"{loaded.name} {set_name}: non-finite values in {key} (try dtype float32)")
@@ -106,7 +176,8 @@ def extract(loaded: LoadedModel, stimuli, template: str, settings: ExtractSettin
         tokens[i, : len(p.ids)] = tokenizer.convert_ids_to_tokens(p.ids)
     meta = {**describe(loaded), "prompt": prompt_name, "template": template, "set": set_name,
             "position": "last token of the prompt (the ':' after 'Answer')",
-            "padding": "left", "versions": {"emotion_circuits": __version__, "torch": torch.__version__,
+            "padding": "right, after the shared prefix" if n_prefix else "left", "prefix_cache": bool(n_prefix),
+            "prefix_tokens": n_prefix, "versions": {"emotion_circuits": __version__, "torch": torch.__version__,
                                             "transformers": _version("transformers"), "numpy": np.__version__,
                                             "python": platform.python_version()}}
     out.update(
@@ -124,6 +195,17 @@ def extract(loaded: LoadedModel, stimuli, template: str, settings: ExtractSettin
 def _version(package: str) -> str:
     from importlib.metadata import version
     return version(package)
+
+
+def extract_sets(loaded: LoadedModel, sets: dict[str, tuple[list, str]], template: str,
+                 settings: ExtractSettings = ExtractSettings(), prompt_name: str = "", progress: bool = True) -> None:
+    """Extract several stimulus sets with one loaded model and prompt, writing each set's .npz (atomically) as soon
+    as it is done. sets: set name -> (stimuli, output path). One process per model x prompt instead of one per set
+    saves a Python, torch and model start-up per set."""
+    for set_name, (stimuli, path) in sets.items():
+        arrays = extract(loaded, stimuli, template, settings, prompt_name=prompt_name, set_name=set_name,
+                         progress=progress)
+        save_activations(path, arrays)
 
 
 def save_activations(path, arrays: dict[str, np.ndarray]) -> None:

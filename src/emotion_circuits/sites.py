@@ -124,6 +124,13 @@ def _put(output, index, new):
     return (*output[:index], new, *output[index + 1:])
 
 
+def at_position(x: torch.Tensor, position) -> torch.Tensor:
+    """`x (batch, seq, ...)` at one position per row: an int for every row, or a `(batch,)` tensor of positions."""
+    if isinstance(position, torch.Tensor):
+        return x[torch.arange(x.shape[0], device=x.device), position.to(x.device)]
+    return x[:, position]
+
+
 def _apply(x: torch.Tensor, iv: Intervention, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
     """Return a copy of `x (batch, seq, features)` with the intervention applied at its position (features lo:hi)."""
     x = x.clone()
@@ -147,7 +154,8 @@ def _apply(x: torch.Tensor, iv: Intervention, lo: int | None = None, hi: int | N
 def hooked(model, reads=(), interventions=(), position: int = -1, attention: bool = False):
     """Run forward passes inside this block with `interventions` applied and `reads` recorded.
 
-    Yields a dict filled by each forward pass: `cache[site]` is `(batch, d_model)` at `position`, read *after* any
+    Yields a dict filled by each forward pass: `cache[site]` is `(batch, d_model)` at `position` (an int, or a
+    `(batch,)` tensor giving each row its own position, for right-padded batches), read *after* any
     intervention on that site (what flows downstream); with `attention=True`, `cache[("attn", l)]` is the attention
     weights of `position` over all keys, `(batch, n_heads, seq)` (needs eager attention). Hooks are removed however the
     block exits.
@@ -173,7 +181,7 @@ def hooked(model, reads=(), interventions=(), position: int = -1, attention: boo
             for iv in jobs["ivs"]:
                 x = _apply(x, iv)
             for _ in jobs["reads"]:
-                cache[site] = x[:, position].detach()
+                cache[site] = at_position(x, position).detach()
             return _put(output, index, x) if jobs["ivs"] else None
         return hook
 
@@ -188,7 +196,7 @@ def hooked(model, reads=(), interventions=(), position: int = -1, attention: boo
         def hook(_module, _inputs, output):
             if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
                 raise SiteError("attention weights are not returned; load the model with attn_implementation='eager'")
-            cache[("attn", layer)] = output[1][:, :, position].detach()
+            cache[("attn", layer)] = at_position(output[1].transpose(1, 2), position).detach()
         return hook
 
     try:
