@@ -10,7 +10,8 @@ over layers x sites, a nested estimate (layer chosen inside training folds), tex
 (length, polarity, bag of words, tuned TF-IDF word+char n-grams, bag of the model's input embeddings) with "probe
 minus best baseline" and its paired interval, MDL online codelength (Voita & Titov 2020) for the trained and the
 random-init model, and the domain-held-out Set B curve when the stimuli carry domains. No control task: the
-random-init model and MDL are the controls (a once-shuffled label set is one draw of the permutation null).
+random-init model and MDL are the controls (a once-shuffled label set is one draw of the permutation null). The
+random-init and zero-shot curves use one repeat and no null (comparison curves, not tests).
 AUROC chance is 0.5 but the reference line is the null; accuracy chance is 1/k.
 """
 from __future__ import annotations
@@ -310,8 +311,8 @@ def _probas(task: Task, X, C: float) -> np.ndarray:
 
 
 def ridge_null(task: Task, X, alpha: float) -> np.ndarray:
-    """Ridge AUROC `(n_perm + 1,)` under each of the task's label orders, on the task's splits (mean over repeats).
-    The hat matrices depend on X only, so every permutation costs one matrix product."""
+    """Ridge AUROC `(n_perm + 1,)` under each of the task's label orders, on the first repeat's splits (observed and
+    null use the same statistic). The hat matrices depend on X only, so every permutation costs one product."""
     k = task.k
     if task.folds is None:
         hats = stats.ridge_hats(X[0], None, alpha, X_test=X[1])
@@ -319,9 +320,8 @@ def ridge_null(task: Task, X, alpha: float) -> np.ndarray:
         scores = stats.ridge_scores(hats, Y, n_out=len(task.y))
         return stats.auroc_many(np.broadcast_to(task.codes, (len(Y), len(task.y))), scores)
     labels = task.codes[task.orders]
-    Y = stats.one_hot(labels, k)
-    return np.mean([stats.auroc_many(labels, stats.ridge_scores(stats.ridge_hats(X, folds, alpha), Y))
-                    for folds in task.folds], axis=0)
+    return stats.auroc_many(labels, stats.ridge_scores(stats.ridge_hats(X, task.folds[0], alpha),
+                                                       stats.one_hot(labels, k)))
 
 
 def _layer_job(x: dict[str, np.ndarray], tasks: list[Task], settings: ProbeSettings):
@@ -688,15 +688,22 @@ def _run_probes(folder, settings: ProbeSettings, control_folder=None, items: dic
     return ProbeResult(metrics, rows, tables, _confusions(data, tasks, main), dict(seconds), domain_rows)
 
 
+def control_task(task: Task) -> Task:
+    """The task as the random-init and zero-shot variants run it: the first repeat's splits and no permutation null
+    (they are curves to compare with, not tests), which keeps the stage within its time budget."""
+    return dataclasses.replace(task, folds=None if task.folds is None else task.folds[:1], orders=task.orders[:1])
+
+
 def _curves(variants: dict, tasks: dict[str, Task], settings: ProbeSettings, seconds, desc: str) -> dict:
     """`{variant: {task: {site: [Score per layer]}}}`, one joblib job per (variant, site, layer)."""
     keys, jobs = [], []
     for prefix, vdata in variants.items():
+        chosen = [tasks[n] if not prefix else control_task(tasks[n]) for n in HEADLINE]
         for site in SITES:
             for layer in range(vdata["A"].shape[1]):
                 x = {s: np.ascontiguousarray(vdata[s].sites[site][:, layer]) for s in ("A", "B", "N")}
                 keys.append((prefix, site))
-                jobs.append(delayed(_layer_job)(x, [tasks[n] for n in HEADLINE], settings))
+                jobs.append(delayed(_layer_job)(x, chosen, settings))
     curves = {prefix: defaultdict(lambda: defaultdict(list)) for prefix in variants}
     for (prefix, site), (scores, secs) in zip(keys, _run_jobs(jobs, settings.n_jobs, desc)):
         for name, score in scores.items():

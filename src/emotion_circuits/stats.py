@@ -266,7 +266,8 @@ def ridge_scores(hats, Y: np.ndarray, n_out: int | None = None) -> np.ndarray:
     for train, test, H in hats:
         ytr = Y[:, train]
         mean = ytr.mean(axis=1, keepdims=True)
-        pred = np.einsum("tn,pnk->ptk", H, ytr - mean) + mean
+        flat = (ytr - mean).transpose(1, 0, 2).reshape(len(train), P * k)     # one GEMM for every permutation
+        pred = (H @ flat).reshape(H.shape[0], P, k).transpose(1, 0, 2) + mean
         if test is None:
             out[:] = pred
         else:
