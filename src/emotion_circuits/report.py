@@ -282,10 +282,17 @@ def attention_rows(attention: dict) -> list[tuple]:
     """Share of the extraction position's attention on the stimulus text, per set and the difference."""
     rows = [(f"attention.{name}.text_share", f"Set {name}: attention on the stimulus text (mean over layers, heads)",
              ci(s["text_share"], "mean", "share")) for name, s in sorted(attention.get("sets", {}).items())]
+    rows += [(f"attention.{name}.text_share_per_token", f"Set {name}: attention on the text per text token",
+              ci(s["text_share_per_token"], "mean", "share", )) for name, s in sorted(attention.get("sets", {}).items())
+             if "text_share_per_token" in s]
     if "compare" in attention:
         c = attention["compare"]
         rows.append(("attention.text_share_diff", f"text share, Set {c['set_a']} minus Set {c['set_b']}",
                      ci(c["text_share_diff"], "diff")))
+        if "text_share_per_token_diff" in c:
+            rows.append(("attention.text_share_per_token_diff", f"text share per text token, Set {c['set_a']} "
+                         f"minus Set {c['set_b']} (raw shares are length-confounded)",
+                         ci(c["text_share_per_token_diff"], "diff")))
     return rows
 
 
