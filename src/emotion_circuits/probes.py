@@ -685,6 +685,8 @@ def _run_probes(folder, settings: ProbeSettings, control_folder=None, items: dic
         tables.update(_curve_tables(prefix, curves[prefix]))
     seconds["wall"] = time.perf_counter() - wall
     _log_headline(folder.name, metrics)
+    log.info("%s: %.0f s wall; worker seconds %s", folder.name, seconds["wall"],
+             ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if k != "wall"))
     return ProbeResult(metrics, rows, tables, _confusions(data, tasks, main), dict(seconds), domain_rows)
 
 
