@@ -770,7 +770,8 @@ def _add_baselines(metrics, data, tasks, curves, items, embeddings, settings) ->
     """Text-only baselines of every headline task on its own splits, and per site probe minus the best baseline
     (highest mean AUROC) with a paired interval (same stimulus resamples and repeats)."""
     seed = settings.seed + SEED_OFFSET["bootstrap"]
-    for name in HEADLINE:
+    keys, jobs = [], []
+    for name in HEADLINE:   # one job per (task, method): the baselines' fits are independent
         task = tasks[name]
         scored = task.inputs if task.folds is not None else task.inputs[1:]
         feats = text_features(_texts(data, task, items, scored), _embedded(data, embeddings, scored))
@@ -778,7 +779,15 @@ def _add_baselines(metrics, data, tasks, curves, items, embeddings, settings) ->
         if task.folds is None:
             fit = text_features(_texts(data, task, items, task.inputs[:1]),
                                 _embedded(data, embeddings, task.inputs[:1]))
-        probas = baseline_probas(task, feats, settings, fit)
+        for method, X in feats.items():
+            keys.append((name, method))
+            jobs.append(delayed(baseline_probas)(task, {method: X}, settings,
+                                                 None if fit is None else {method: fit[method]}))
+    by_task = defaultdict(dict)
+    for (name, method), found in zip(keys, _run_jobs(jobs, settings.n_jobs, "baselines")):
+        by_task[name][method] = found[method]
+    for name in HEADLINE:
+        task, probas = tasks[name], by_task[name]
         found = {}
         for method, p in probas.items():
             point, low, high = stats.repeated_auroc(task.y, p, settings.n_boot, seed, task.groups)
