@@ -1,8 +1,9 @@
 """Time the probes stage on synthetic activations of the embedded models' shapes (96-item sets, all controls).
 
 Prints, per model, the wall time of `run_probes` (headline prompt, zero-shot prompt and random-init control, all
-three sites) and the share of worker time spent fitting, bootstrapping and in permutation nulls.
-Usage: python bench/bench_probes.py [--n-jobs 2] [--n-perm 200] [--n-boot 1000] [--models smollm2 gemma3]
+three sites, repeats, nulls, nested selection, text baselines without embeddings, MDL) and the share per part, and
+the agreement of the closed-form ridge null probe with the logistic probe on the unpermuted labels.
+Usage: python bench/bench_probes.py [--n-jobs 2] [--n-perm 1000] [--n-boot 1000] [--repeats 5] [--models ...]
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from emotion_circuits.config import EMOTIONS
 from emotion_circuits.io import save_npz
-from emotion_circuits.probes import ProbeSettings, run_probes
+from emotion_circuits.probes import HEADLINE, ProbeSettings, run_probes
 
 SHAPES = {"smollm2": (30, 576), "gemma3": (18, 640)}  # (n_layers, d_model)
 SIZES = {"A": 96, "B": 96, "N": 96, "C": 24}
@@ -49,29 +50,49 @@ def write_model(root: Path, name: str, shape, signal: float, prompts) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-jobs", type=int, default=2)
-    parser.add_argument("--n-perm", type=int, default=200)
+    parser.add_argument("--n-perm", type=int, default=1000)
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    settings = ProbeSettings(seed=0, n_jobs=args.n_jobs, n_perm=args.n_perm, n_boot=args.n_boot)
-    print(f"probes bench: n_jobs={args.n_jobs} n_boot={args.n_boot} n_perm={args.n_perm}; sets A/B/N/C = 96/96/96/24;"
-          " two-shot + zero-shot + random-init, sites h/a/m")
+    settings = ProbeSettings(seed=0, n_jobs=args.n_jobs, n_perm=args.n_perm, n_boot=args.n_boot,
+                             repeats=args.repeats)
+    print(f"probes bench: n_jobs={args.n_jobs} n_boot={args.n_boot} n_perm={args.n_perm} repeats={args.repeats}; "
+          "sets A/B/N/C = 96/96/96/24; two-shot + zero-shot + random-init, sites h/a/m")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for model in args.models:
             shape = SHAPES[model]
             write_model(root, model, shape, 1.0, ("two-shot", "zero-shot"))
             write_model(root, f"{model}-random-init", shape, 0.0, ("two-shot",))
-            result = run_probes(root / model, settings, control_folder=root / f"{model}-random-init")
+            items = synthetic_items()
+            result = run_probes(root / model, settings, control_folder=root / f"{model}-random-init", items=items)
             sec = result.seconds
-            work = sec["fit"] + sec["bootstrap"] + sec.get("permutation", 0.0)
+            parts = {k: v for k, v in sec.items() if k != "wall"}
+            work = sum(parts.values())
             m = result.metrics
-            print(f"{model:8s} ({shape[0]} layers, d={shape[1]}): {sec['wall']:6.1f} s wall; worker time "
-                  f"{work:6.1f} s = fit {sec['fit'] / work:4.0%}, bootstrap {sec['bootstrap'] / work:4.0%}, "
-                  f"permutation {sec.get('permutation', 0.0) / work:4.0%}; "
-                  f"set_b.h peak {m['set_b']['h']['auroc']:.3f} at layer {m['set_b']['h']['peak_layer']}, "
+            shares = ", ".join(f"{k} {v:5.1f} s ({v / work:4.0%})" for k, v in parts.items())
+            print(f"{model:8s} ({shape[0]} layers, d={shape[1]}): {sec['wall']:6.1f} s wall; {shares}")
+            print(f"         set_b.h peak {m['set_b']['h']['auroc']:.3f} at layer {m['set_b']['h']['peak_layer']} "
+                  f"(nested {m['set_b']['h']['nested_auroc']:.3f}, p max-over-layers {m['set_b']['h']['p_max_layers']:.4f}), "
                   f"random-init {m['random_init']['set_b']['h']['auroc']:.3f}")
+            for task in HEADLINE:
+                a = m[task]["ridge_agreement"]
+                print(f"         ridge null probe vs logistic, {task}: corr {a['corr']:.3f}, mean |diff| "
+                      f"{a['mean_abs_diff']:.3f} over layers x sites")
+
+
+def synthetic_items() -> dict[str, dict]:
+    """Stimulus objects for the synthetic ids: texts and B/N pair links (the text baselines and grouped splits)."""
+    items = {}
+    for set_name, n in SIZES.items():
+        for i in range(n):
+            item = {"id": f"{set_name.lower()}-{i:03d}", "text": f"item {i % 13} of set {set_name} with {i % 7} words"}
+            if set_name in "BN":
+                item["pair"] = f"{'n' if set_name == 'B' else 'b'}-{i:03d}"
+            items[item["id"]] = item
+    return items
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main(argv=None) -> None:
         rows += head_rows(name, sh)
         text = sh["text"].mean(axis=2)                                            # (n, L): mean over heads
         per_stimulus[name] = np.column_stack([text, text.mean(axis=1)])           # last column: mean over layers
-        per_token[name] = text.mean(axis=1, keepdims=True) / n_text[:, None]
+        per_token[name] = per_stimulus[name] / np.maximum(n_text, 1)[:, None]     # share per text token
         log.info("%s set %s: text share %.3f, sink %.3f, emotion words in %s stimuli", args.model, name,
                  metrics["sets"][name]["text_share"]["mean"], metrics["sets"][name]["sink_share"]["mean"],
                  metrics["sets"][name].get("stimuli_with_emotion_words", 0))
@@ -74,11 +74,16 @@ def main(argv=None) -> None:
     n_layers = per_stimulus[sa].shape[1] - 1
     layer_rows = [{"layer": l, "depth": (l + 1) / n_layers, "set_a": sa, "set_b": sb,
                    "text_share_a": per_stimulus[sa][:, l].mean(), "text_share_b": per_stimulus[sb][:, l].mean(),
-                   "diff": diff["diff"][l], "low": diff["low"][l], "high": diff["high"][l]} for l in range(n_layers)]
+                   "diff": diff["diff"][l], "low": diff["low"][l], "high": diff["high"][l],
+                   "per_token_a": per_token[sa][:, l].mean(), "per_token_b": per_token[sb][:, l].mean(),
+                   "per_token_diff": tok["diff"][l], "per_token_low": tok["low"][l], "per_token_high": tok["high"][l]}
+                  for l in range(n_layers)]
     metrics["compare"] = {
         "set_a": sa, "set_b": sb,
         "text_share_diff": {k: diff[k][-1] for k in ("diff", "low", "high")},
-        "text_share_per_token_diff": {k: tok[k][0] for k in ("diff", "low", "high")},
+        "text_share_per_token_diff": {k: tok[k][-1] for k in ("diff", "low", "high")},
+        "layers_a_higher_per_token": int(np.sum(tok["low"][:-1] > 0)),
+        "layers_b_higher_per_token": int(np.sum(tok["high"][:-1] < 0)),
         "layers_a_higher": int(np.sum(diff["low"][:-1] > 0)), "layers_b_higher": int(np.sum(diff["high"][:-1] < 0)),
         "max_abs_diff_layer": int(np.argmax(np.abs(diff["diff"][:-1])))}
     plots = Path(args.plots) / args.model

@@ -165,4 +165,17 @@ def test_attention_stage_compares_sets(tmp_path):
     assert rows[0] == "set,layer,head,text_share,sink_share,template_share,emotion_word_share,emotion_word_uniform"
     assert len(rows) == 1 + 2 * 3 * 2
     layers = (tmp_path / "plots" / "m1" / "attention_sets.csv").read_text().splitlines()
-    assert layers[0] == "layer,depth,set_a,set_b,text_share_a,text_share_b,diff,low,high" and len(layers) == 4
+    assert layers[0] == ("layer,depth,set_a,set_b,text_share_a,text_share_b,diff,low,high,per_token_a,per_token_b,"
+                         "per_token_diff,per_token_low,per_token_high") and len(layers) == 4
+
+
+def test_per_token_share_reverses_a_length_confounded_raw_difference():
+    """Short texts with more attention per token but less in total: raw A - B < 0, per token > 0."""
+    n, L, H = 30, 2, 2
+    sh_a = {k: np.full((n, L, H), v) for k, v in (("text", 0.2), ("sink", 0.5), ("template", 0.3))}
+    sh_b = {k: np.full((n, L, H), v) for k, v in (("text", 0.4), ("sink", 0.4), ("template", 0.2))}
+    a = att.summarize_set(sh_a, np.full(n, 5), 200, 0)
+    b = att.summarize_set(sh_b, np.full(n, 20), 200, 0)
+    assert a["text_share"]["mean"] < b["text_share"]["mean"]
+    assert a["text_share_per_token"]["mean"] == pytest.approx(0.04)
+    assert a["text_share_per_token"]["low"] > b["text_share_per_token"]["high"]

@@ -258,12 +258,44 @@ def test_geometry_stage_writes_its_outputs(project):
 
 
 def test_cka_stage_finds_the_rotated_copy(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("cka: {n_depths: 4}", "cka: {n_depths: 4, standardize: false, "
+                                                                       "n_perm: 39, n_boot: 100}"))
     run("cka", project)
     pair = json.loads((project / "metrics" / "cka.json").read_text())["pairs"]["m1__m2"]
     assert pair["mean_matched_cka"] == pytest.approx(1.0) and pair["mean_matched_cka_debiased"] == pytest.approx(1.0)
-    assert pair["matched_is_best_fraction"] == 1.0
+    for name in ("A", "B"):
+        per_set = pair["sets"][name]
+        assert per_set["matched_is_best_fraction"] == 1.0 and per_set["n_depths_above_null_bh"] == 4
+        assert per_set["mean_matched_null_p95"] < 0.5
     rows = (project / "plots" / "cka.csv").read_text().splitlines()
-    assert rows[0] == "model_a,model_b,depth_a,depth_b,layer_a,layer_b,cka,cka_debiased" and len(rows) == 1 + 16
+    assert rows[0] == ("set,model_a,model_b,depth_a,depth_b,layer_a,layer_b,cka,cka_debiased,cka_low,cka_high,"
+                       "null_p95,p,q_bh") and len(rows) == 1 + 2 * 16
+
+
+def test_per_set_cka_is_not_fooled_by_a_set_difference_that_concatenation_measures():
+    """Two models unrelated within each set, both separating the sets: CKA over A+B is high, per set at the null."""
+    rng = np.random.default_rng(0)
+    n, d = 60, 20
+    shift = np.zeros(d)
+    shift[:8] = 12.0
+    a = {s: rng.normal(size=(n, d)) + (shift if s == "B" else 0) for s in "AB"}
+    b = {s: rng.normal(size=(n, d)) + (shift if s == "B" else 0) for s in "AB"}
+    together = geo.cka_from_grams(geo.gram(np.vstack([a["A"], a["B"]]), True), geo.gram(np.vstack([b["A"], b["B"]]), True))
+    assert together > 0.3
+    for s in "AB":
+        found = geo.cka_null_and_interval(geo.gram(a[s], True), geo.gram(b[s], True), 99, 100, seed=1)
+        assert found["p"] > 0.05 and found["cka"] < found["null_p95"] + 0.05 and found["low"] <= found["cka"]
+    same = geo.cka_null_and_interval(geo.gram(a["A"], True), geo.gram(a["A"] * 3, True), 99, 100, seed=1)
+    assert same["cka"] == pytest.approx(1.0) and same["p"] == pytest.approx(0.01) and same["low"] > 0.99
+
+
+def test_standardized_gram_ignores_per_feature_scale():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 8))
+    scaled = X * np.array([100, 1, 1, 1, 1, 1, 1, 0.01])
+    assert geo.cka_from_grams(geo.gram(X, True), geo.gram(scaled, True)) == pytest.approx(1.0)
+    assert geo.cka_from_grams(geo.gram(X), geo.gram(scaled)) < 0.9
 
 
 def test_cka_stage_rejects_mismatched_ids(project):

@@ -1,5 +1,6 @@
-"""Probes on tiny synthetic activation files: known answers (separable -> 1, noise -> 0.5), no leakage from test
-folds into the standardization, byte-identical reruns, controls and variants found, one-line errors naming the file."""
+"""Probes on tiny synthetic activation files: known answers (separable -> 1, noise -> the null), no leakage from test
+folds into the standardization, byte-identical reruns, nulls, nested estimate, baselines, MDL and domain-held-out
+evaluation each against a simulation where the wrong method gives the wrong answer, one-line errors naming the file."""
 from __future__ import annotations
 
 import csv
@@ -15,13 +16,14 @@ import yaml
 from emotion_circuits import stats
 from emotion_circuits.config import EMOTIONS, ConfigError, load_params, parse_section
 from emotion_circuits.io import DataError, save_npz
-from emotion_circuits.probes import (ProbeSettings, load_set, random_init_of, run_probes, settings_from,
+from emotion_circuits.probes import (ProbeSettings, Task, domain_held_out, load_set, mdl_order, nested_job,
+                                     online_codelength, random_init_of, ridge_null, run_probes, settings_from,
                                      write_outputs)
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS, N_LAYERS, D = 6, 3, 12
 SIGNAL = (0.0, 1.0, 8.0)      # per layer: noise only, weak, separable
-FAST = ProbeSettings(seed=0, folds=3, n_boot=100, n_perm=5, n_jobs=1)
+FAST = ProbeSettings(seed=0, folds=3, repeats=2, n_boot=100, n_perm=19, n_jobs=1, tfidf_C=(1.0,))
 
 
 def make_set(set_name: str, signal=SIGNAL, seed: int = 0, labels_random: bool = False) -> dict[str, np.ndarray]:
@@ -56,7 +58,20 @@ def separable(tmp_path_factory):
     write_prompt(root / "model" / "two-shot")
     write_prompt(root / "model" / "zero-shot", seed=1)
     write_prompt(root / "model-random-init" / "two-shot", seed=2, sets="ABN", signal=(0.0, 0.0, 0.0))
-    return root, run_probes(root / "model", FAST, control_folder=root / "model-random-init")
+    return root, run_probes(root / "model", FAST, control_folder=root / "model-random-init", items=make_items())
+
+
+def make_items(domains: bool = True) -> dict[str, dict]:
+    """Stimulus objects for the synthetic ids: B/N twins linked by `pair`, texts, and optional domains."""
+    items = {}
+    for s in "ABNC":
+        for i in range(8 * PER_CLASS if s != "C" else 8):
+            item = {"id": f"{s.lower()}-{i:02d}", "set": s, "text": f"word{i % 7} thing{i % 3} text number {i}",
+                    **({"domain": f"d{i % 3}"} if domains else {})}
+            if s in "BN":
+                item["pair"] = f"{'n' if s == 'B' else 'b'}-{i:02d}"
+            items[item["id"]] = item
+    return items
 
 
 def rows_of(result, task):
@@ -72,32 +87,20 @@ def test_separable_data_gives_auroc_one(separable):
             assert m[task][site]["peak_depth"] == 1.0
         assert m["set_b"][site]["accuracy"] > 0.95
         assert m["b_vs_n"][site]["saturation_layer"] in (1, 2)
-        assert m["set_b"][site]["p_perm"] == pytest.approx(1 / (FAST.n_perm + 1))
+        assert m["set_b"][site]["p_max_layers"] == pytest.approx(1 / (FAST.n_perm + 1))
+        assert m["set_b"][site]["nested_auroc"] > 0.95 and m["set_b"][site]["null_p95"] < 0.75
         # Set C: half the vivid texts were built like Set N, half like Set B
         assert m["set_c"][site]["fraction_emotional"] == 0.5 and m["set_c"][site]["n_fraction_emotional"] < 0.05
 
 
-def test_control_task_is_chance_and_selectivity_is_the_difference(separable):
-    _, result = separable
-    m = result.metrics
-    for site in "ham":
-        b = m["set_b"][site]
-        assert abs(b["control_auroc"] - 0.5) < 0.2
-        assert b["selectivity"] == pytest.approx(b["auroc"] - b["control_auroc"])
-    control = rows_of(result, "set_b_control")
-    assert len(control) == 3 * N_LAYERS
-    assert abs(np.mean([r["auroc"] for r in control]) - 0.5) < 0.1
-    assert np.mean([r["low"] <= 0.5 <= r["high"] for r in control]) >= 0.75
-
-
 def test_shuffled_labels_give_chance_with_interval_covering_half(tmp_path):
     write_prompt(tmp_path / "m" / "two-shot", labels_random=True)
-    result = run_probes(tmp_path / "m", ProbeSettings(seed=0, folds=3, n_boot=200, n_perm=0, n_jobs=1,
+    result = run_probes(tmp_path / "m", ProbeSettings(seed=0, folds=3, n_boot=200, n_perm=50, n_jobs=1,
                                                       zero_shot_prompt=None))
     rows = rows_of(result, "set_b") + rows_of(result, "set_a")
     assert abs(np.mean([r["auroc"] for r in rows]) - 0.5) < 0.1
     assert np.mean([r["low"] <= 0.5 <= r["high"] for r in rows]) >= 0.75
-    assert "p_perm" not in result.metrics["set_b"]["h"]  # n_perm: 0 switches the permutation null off
+    assert np.mean([r["null_mean"] < 0.5 for r in rows]) > 0.8   # pooled out-of-fold AUROC under the null < 0.5
 
 
 def test_chance_columns(separable):
@@ -121,8 +124,8 @@ def test_scaler_is_fitted_on_training_folds_only(tmp_path, monkeypatch):
         pipe = original(*args, **kwargs)
         fit = pipe.fit
 
-        def fit_and_record(X, y):
-            fitted = fit(X, y)
+        def fit_and_record(X, y, **kwargs):
+            fitted = fit(X, y, **kwargs)
             means.append(fitted[0].mean_.copy())
             return fitted
         pipe.fit = fit_and_record
@@ -132,7 +135,7 @@ def test_scaler_is_fitted_on_training_folds_only(tmp_path, monkeypatch):
     run_probes(tmp_path / "m", settings)
     X = load_set(tmp_path / "m" / "two-shot" / "B.npz").sites["h"][:, 2].astype(np.float64)
     y = np.repeat(EMOTIONS, PER_CLASS)
-    train_means = [X[train].mean(axis=0) for train, _ in stats.folds(y, settings.folds, settings.seed)]
+    train_means = [X[train].mean(axis=0) for train, _ in stats.splits(y, settings.folds, settings.seed)[0]]
     for expected in train_means:
         assert any(np.allclose(m, expected) for m in means)
     assert not any(np.allclose(m, X.mean(axis=0)) for m in means)
@@ -141,16 +144,16 @@ def test_scaler_is_fitted_on_training_folds_only(tmp_path, monkeypatch):
 def test_same_seed_same_bytes_any_n_jobs_and_seed_matters(tmp_path, separable):
     root, first = separable
     again = run_probes(root / "model", ProbeSettings(**{**FAST.__dict__, "n_jobs": 2}),
-                       control_folder=root / "model-random-init")
+                       control_folder=root / "model-random-init", items=make_items())
     other = run_probes(root / "model", ProbeSettings(**{**FAST.__dict__, "seed": 1}),
-                       control_folder=root / "model-random-init")
+                       control_folder=root / "model-random-init", items=make_items())
     files = {}
     for name, result in (("a", first), ("b", again), ("c", other)):
         write_outputs(result, tmp_path / name / "probes.json", tmp_path / name / "plots")
         files[name] = {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.*")}
     assert files["a"] == files["b"]
     assert files["a"][Path("probes.json")] != files["c"][Path("probes.json")]
-    assert len(files["a"]) == 2 + len(first.curves) + len(first.confusions)
+    assert len(files["a"]) == 3 + len(first.curves) + len(first.confusions)   # + domain_held_out.csv
 
 
 def test_outputs_layout(tmp_path, separable):
@@ -161,13 +164,14 @@ def test_outputs_layout(tmp_path, separable):
     assert metrics["random_init"]["set_b"]["h"]["auroc"] < 0.8 and metrics["zero_shot"]["set_b"]["h"]["auroc"] > 0.99
     with open(tmp_path / "plots" / "probes.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["task", "site", "layer", "depth", "auroc", "low", "high", "accuracy", "chance_auroc",
-                             "chance_accuracy"]
+    assert list(rows[0]) == ["task", "site", "layer", "depth", "auroc", "low", "high", "accuracy", "ridge_auroc",
+                             "null_mean", "null_p95", "p_layer", "q_bh", "chance_auroc", "chance_accuracy"]
     tasks = {r["task"] for r in rows}
-    assert {"set_a", "set_b", "transfer", "b_vs_n", "set_b_control", "random_init.set_b", "zero_shot.b_vs_n"} <= tasks
+    assert tasks == {p + t for p in ("", "random_init.", "zero_shot.") for t in ("set_a", "set_b", "transfer", "b_vs_n")}
     assert len(rows) == len(tasks) * 3 * N_LAYERS
     with open(tmp_path / "plots" / "probes" / "layers" / "set_b.csv") as f:
-        assert f.readline().strip() == "layer,h,a,m,chance"
+        assert f.readline().strip() == ("layer,h,a,m,h_null_mean,a_null_mean,m_null_mean,h_null_p95,a_null_p95,"
+                                        "m_null_p95,chance")
     with open(tmp_path / "plots" / "probes" / "confusion" / "set_b_h.csv") as f:
         confusion = list(csv.DictReader(f))
     assert len(confusion) == 8 * PER_CLASS and all(r["actual"] == r["predicted"] for r in confusion)
@@ -209,24 +213,11 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, damage, message):
     assert "\n" not in str(err.value) and str(tmp_path / "m" / "two-shot" / "B.npz") in str(err.value)
 
 
-def test_baselines_copied_from_stimuli_metrics(tmp_path):
-    write_prompt(tmp_path / "m" / "two-shot")
-    stimuli = {"baselines": {"set_b_8class": {"length": {"auroc": 0.61, "low": 0.5, "high": 0.7}, "note": "x"},
-                             "b_vs_n": {"polarity": {"auroc": 0.88, "low": 0.8, "high": 0.93}}}}
-    path = tmp_path / "stimuli.json"
-    path.write_text(json.dumps(stimuli))
-    settings = ProbeSettings(seed=0, folds=3, n_boot=100, n_perm=0, n_jobs=1, zero_shot_prompt=None)
-    result = run_probes(tmp_path / "m", settings, baselines_path=path)
-    assert result.metrics["baselines"] == {"set_b": {"length": {"auroc": 0.61, "low": 0.5, "high": 0.7}},
-                                           "b_vs_n": {"polarity": {"auroc": 0.88, "low": 0.8, "high": 0.93}}}
-    path.write_text(json.dumps({"baselines": {"b_vs_n": {}}}))
-    with pytest.raises(DataError, match=r"stimuli\.json: missing baselines\.set_b_8class"):
-        run_probes(tmp_path / "m", settings, baselines_path=path)
-
-
-def params_file(tmp_path, probes: dict) -> Path:
+def params_file(tmp_path, probes: dict, stimuli: dict | None = None) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["probes"] = probes
+    if stimuli:
+        raw["stimuli"] = stimuli
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -247,16 +238,115 @@ def test_settings_from_params(tmp_path):
 def test_stage_script_end_to_end_and_one_line_error(tmp_path):
     model = "smollm2-135m-instruct"
     write_prompt(tmp_path / "act" / model / "two-shot")
-    params = params_file(tmp_path, {"folds": 3, "n_boot": 100, "n_perm": 0, "n_jobs": 1})
+    stimuli = {}
+    for s in "ABNC":
+        stimuli[s] = str(tmp_path / f"set_{s}.jsonl")
+        Path(stimuli[s]).write_text("".join(json.dumps(o) + "\n" for o in make_items().values() if o["set"] == s))
+    params = params_file(tmp_path, {"folds": 3, "repeats": 1, "n_boot": 100, "n_perm": 0, "n_jobs": 1,
+                                    "tfidf_C": [1.0]}, stimuli)
     cmd = [sys.executable, str(REPO / "stages" / "probes.py"), "--model", model, "--params", str(params),
            "--activations", str(tmp_path / "act"), "--metrics", str(tmp_path / "metrics"),
-           "--plots", str(tmp_path / "plots"), "--baselines", str(tmp_path / "absent.json")]
+           "--plots", str(tmp_path / "plots"), "--no-embeddings"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "metrics" / model / "probes.json").read_text())["set_b"]["h"]["auroc"] > 0.99
-    assert (tmp_path / "plots" / model / "probes" / "layers" / "b_vs_n_control.csv").exists()
+    assert (tmp_path / "plots" / model / "probes" / "layers" / "b_vs_n.csv").exists()
     (tmp_path / "act" / model / "two-shot" / "C.npz").unlink()
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "C.npz: not found" in done.stderr
     assert len([line for line in done.stderr.splitlines() if line.startswith("error")]) == 1
+
+
+def test_controls_nested_baselines_and_mdl_on_separable_data(separable):
+    _, result = separable
+    m = result.metrics
+    for site in "ham":
+        assert m["transfer"][site]["peak_layer"] == m["set_a"][site]["peak_layer"]   # chosen on Set A, not Set B
+        for task in ("set_a", "set_b", "transfer", "b_vs_n"):
+            t = m[task]
+            assert t["best_baseline_auroc"] == max(b["auroc"] for b in t["baselines"].values())
+            assert t[site]["margin"] == pytest.approx(t[site]["auroc"] - t["best_baseline_auroc"], abs=1e-9)
+            assert t[site]["margin_low"] <= t[site]["margin"] <= t[site]["margin_high"]
+    assert set(m["set_b"]["baselines"]) == {"length", "polarity", "bow", "tfidf"}   # no embeddings given
+    for task in ("set_a", "set_b"):
+        assert m[task]["ridge_agreement"]["corr"] > 0.9
+        trained, control = m["mdl"][task]["compression"], m["random_init"]["mdl"][task]["compression"]
+        assert trained > 1.2 and control < 1.05, (trained, control)   # 48 items: the first blocks cost most
+    assert len(result.domains) == N_LAYERS and m["domain_held_out"]["set_b"]["h"]["n_domains"] == 3
+
+
+def noise_layers(n_layers=10, n=48, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, n_layers, d)), np.repeat(np.arange(8), n // 8)
+
+
+def test_max_over_layers_null_holds_its_level_where_the_per_layer_p_of_the_peak_does_not():
+    conditional, selection_aware = [], []
+    for seed in range(12):
+        X, y = noise_layers(seed=seed)
+        task = Task("t", ("A",), y, stats.splits(y, 3, seed), orders=stats.permutations(len(y), 99, seed))
+        nulls = np.stack([ridge_null(task, X[:, l], 1.0) for l in range(X.shape[1])])
+        peak = int(np.argmax(nulls[:, 0]))
+        conditional.append(stats.permutation_p(nulls[peak, 0], nulls[peak, 1:]))
+        selection_aware.append(stats.permutation_p(nulls[:, 0].max(), nulls[:, 1:].max(axis=0)))
+    assert np.mean(np.array(conditional) < 0.1) >= 0.4      # the best of 10 noise layers "beats" its own null
+    assert np.mean(np.array(selection_aware) < 0.1) <= 0.25
+
+
+def test_nested_estimate_is_not_optimistic_where_the_peak_is():
+    gaps = []
+    for seed in range(3):
+        X, y = noise_layers(seed=seed)
+        folds = stats.splits(y, 3, seed)
+        task = Task("t", ("A",), y, folds)
+        settings = ProbeSettings(seed=seed, folds=3)
+        peak = max(stats.auroc(y, stats.cv_proba(X[:, l], y, folds[0])) for l in range(X.shape[1]))
+        proba, chosen, _ = nested_job(task, X, settings)
+        gaps.append(peak - stats.auroc(y, proba))
+        assert len(chosen) == 3 and chosen.max() < X.shape[1]
+    assert np.mean(gaps) > 0.04
+
+
+def test_mdl_order_keeps_twins_together_and_noise_does_not_compress():
+    y = np.r_[np.ones(20, int), np.zeros(20, int)]
+    groups = np.r_[np.arange(20), np.arange(20)]
+    order, ends = mdl_order(y, groups, seed=0)
+    assert sorted(order) == list(range(40)) and (ends == np.arange(2, 41, 2)).all()
+    assert all(groups[order[i]] == groups[order[i + 1]] for i in range(0, 40, 2))
+    rng = np.random.default_rng(0)
+    noise = online_codelength(rng.normal(size=(96, 10)), np.repeat(np.arange(8), 12), (0.1, 0.2, 0.4, 0.8, 1.0),
+                              1.0, 0)
+    assert noise["compression"] < 1.05 and noise["uniform_bits"] == pytest.approx(96 * 3)
+    X = rng.normal(size=(96, 10))
+    X[:, :8] += 4 * np.eye(8)[np.repeat(np.arange(8), 12)]
+    signal = online_codelength(X, np.repeat(np.arange(8), 12), (0.1, 0.2, 0.4, 0.8, 1.0), 1.0, 0)
+    assert signal["compression"] > 2
+
+
+def test_domain_held_out_removes_a_domain_specific_cue_that_ordinary_cv_exploits():
+    rng = np.random.default_rng(0)
+    n_domains, per = 4, 24
+    y = np.tile(np.repeat(np.arange(4), per // 4), n_domains)
+    domains = np.repeat(np.arange(n_domains), per).astype(str)
+    X = rng.normal(size=(len(y), 16))
+    for d in range(n_domains):   # each domain codes the classes on its own dimensions
+        rows = domains == str(d)
+        X[rows, 4 * d + y[rows]] += 5.0
+    folds = stats.splits(y, 4, 0)
+    task = Task("set_b", ("B",), y, folds)
+    ordinary = stats.auroc(y, stats.cv_proba(X, y, folds[0]))
+    held_out = domain_held_out(task, X, domains, ProbeSettings(seed=0, n_boot=200))
+    assert ordinary > 0.9 and held_out["high"] < 0.6 and held_out["n_domains"] == 4
+
+
+def test_without_domains_or_items_the_optional_parts_are_skipped(tmp_path, caplog):
+    write_prompt(tmp_path / "m" / "two-shot")
+    settings = ProbeSettings(seed=0, folds=3, repeats=1, n_boot=100, n_perm=0, n_jobs=1, zero_shot_prompt=None,
+                             tfidf_C=(1.0,))
+    result = run_probes(tmp_path / "m", settings, items=make_items(domains=False))
+    assert "domain_held_out" not in result.metrics and not result.domains
+    assert "carry no `domain`" in caplog.text
+    bare = run_probes(tmp_path / "m", settings)
+    assert "baselines" not in bare.metrics["set_b"] and "ungrouped" not in caplog.text
+    assert "B-vs-N splits are not grouped" in caplog.text

@@ -40,7 +40,7 @@ PARAMS = {
     "prompts": {"two-shot": {"template": "Text: {text}\nAnswer:"}, "zero-shot": {"template": "{text}\nAnswer:"}},
     "run": {"models": [*MODELS, *(f"{m}-random-init" for m in MODELS)], "prompts": ["two-shot", "zero-shot"],
             "sets": list("ABNC"), "analyze": list(MODELS)},
-    "probes": {"folds": 3, "n_boot": 100, "n_perm": 5, "n_jobs": 1},
+    "probes": {"folds": 3, "repeats": 2, "n_boot": 100, "n_perm": 5, "n_jobs": 1},
     "geometry": {"n_perm": 19, "n_components": 4},
     "cka": {"n_depths": 4},
     "attention": {"n_boot": 100, "top_heads": 2, "lexicon": "LEXICON"},
@@ -184,8 +184,7 @@ def build_run(root: Path) -> Path:
     common = ["--params", str(root / "params.yaml"), "--activations", str(root / "act"),
               "--metrics", str(root / "metrics"), "--plots", str(root / "plots")]
     for model in MODELS:
-        result = run_probes(root / "act" / model, settings, control_folder=root / "act" / random_init_of(params, model),
-                            baselines_path=root / "metrics" / "stimuli.json")
+        result = run_probes(root / "act" / model, settings, control_folder=root / "act" / random_init_of(params, model))
         write_outputs(result, root / "metrics" / model / "probes.json", root / "plots" / model)
         stage("geometry").main(["--model", model, *common])
         stage("attention").main(["--model", model, *common])
@@ -245,8 +244,10 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
             "h.saturation.layer": probes["b_vs_n"]["h"]["saturation_layer"],
             "m.set_b.auroc": probes["set_b"]["m"]["auroc"],
             "h.set_b.random_init.auroc": probes["random_init"]["set_b"]["h"]["auroc"],
-            "h.set_b.selectivity.selectivity": probes["set_b"]["h"]["selectivity"],
-            "h.set_a.p_perm.p": probes["set_a"]["h"]["p_perm"],
+            "h.set_a.p_max_layers.p": probes["set_a"]["h"]["p_max_layers"],
+            "h.set_b.nested.auroc": probes["set_b"]["h"]["nested_auroc"],
+            "h.b_vs_n.mdl_trained.compression": probes["mdl"]["b_vs_n"]["compression"],
+            "probe.set_b.null_p95": probes["set_b"]["h"]["null_p95"],
             "h.saturation.set_c.fraction": probes["set_c"]["h"]["fraction_emotional"],
             "geometry.B.silhouette.p": geometry["B"]["silhouette_p"],
             "geometry.A.wheel.spearman": geometry["A"]["wheel_spearman"],
@@ -300,7 +301,8 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
 def test_markdown_has_one_column_per_model_and_a_labelled_published_column(run_root, tmp_path):
     _, md = summarize(run_root, tmp_path)
     found = tables(md)
-    assert len(found) == 6          # headline, controls, every site, behaviour + interventions, geometry, CKA
+    assert len(found) == 6 + len(MODELS)   # headline, controls, every site, behaviour + interventions, geometry,
+    #                                        CKA, then one probe table per model
     for table in found[:5]:
         header = table[0]
         assert header[1:1 + len(MODELS)] == list(MODELS) and header.count("tiny-llama") == 1
@@ -350,7 +352,7 @@ def test_missing_optional_inputs_are_skipped_with_a_warning(run_root, tmp_path, 
     assert not any(k.startswith(("text_only/", "cka/", "tiny-gemma/geometry", "tiny-gemma/attention")) for k in flat)
     assert "tiny-llama/geometry.A.silhouette.silhouette" in flat
     found = tables(md)
-    assert len(found) == 5                                    # no CKA table
+    assert len(found) == 5 + len(MODELS)                      # no CKA table
     geometry = found[4]
     assert all(row[2] == "—" for row in geometry[1:]) and all(row[1] != "—" for row in geometry[1:])
 
@@ -380,7 +382,7 @@ def test_intervention_rows_are_present_only_for_models_with_intervention_outputs
     flat, md = summarize(root)
     assert not any(c in k for k in flat for c in ("patching", "behaviour", "knockout", "heads"))
     assert "patching" not in md and "knockout" not in md and "heads:" not in md
-    assert len(tables(md)) == 5 and flat["tiny-llama/h.set_b.auroc"] > 0.9
+    assert len(tables(md)) == 5 + len(MODELS) and flat["tiny-llama/h.set_b.auroc"] > 0.9
 
 
 def test_patching_without_answered_pairs_shows_a_dash(run_root, tmp_path):

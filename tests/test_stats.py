@@ -1,6 +1,8 @@
-"""The shared statistics: AUROC against scikit-learn, bootstrap resamples against a plain loop, p-values."""
+"""The shared statistics: AUROC against scikit-learn, bootstrap resamples against a plain loop, p-values, grouped
+splits (the twin simulation where stratified splits fail), the row-space probe and closed-form ridge null, BH."""
 import numpy as np
 import pytest
+from sklearn.linear_model import Ridge
 from sklearn.metrics import roc_auc_score
 
 from emotion_circuits import stats
@@ -37,7 +39,87 @@ def test_bootstrap_interval_and_permutation_p():
     assert stats.permutation_p(1.0, np.zeros(199)) == pytest.approx(1 / 200)
 
 
-def test_control_labels_keep_counts_and_seed():
-    y = np.repeat(np.arange(8), 12)
-    a, b = stats.control_labels(y, 0), stats.control_labels(y, 0)
-    assert (a == b).all() and (np.sort(a) == np.sort(y)).all() and (a != y).any()
+def twins(n_pairs=48, d=20, seed=0):
+    """B/N twins: each pair shares a template vector, the label (B = 1, N = 0) adds nothing to X."""
+    rng = np.random.default_rng(seed)
+    template = rng.normal(size=(n_pairs, d)) * 3
+    X = np.concatenate([template + rng.normal(size=(n_pairs, d)), template + rng.normal(size=(n_pairs, d))])
+    y = np.r_[np.ones(n_pairs, int), np.zeros(n_pairs, int)]
+    ids = [f"b{i}" for i in range(n_pairs)] + [f"n{i}" for i in range(n_pairs)]
+    pairs = [f"n{i}" for i in range(n_pairs)] + [f"b{i}" for i in range(n_pairs)]
+    return X, y, stats.groups_from_pairs(ids, pairs)
+
+
+def test_grouped_splits_keep_twins_together_and_give_chance_where_stratified_anti_learns():
+    X, y, groups = twins()
+    assert len(np.unique(groups)) == 48
+    grouped = stats.splits(y, 5, seed=0, groups=groups, repeats=3)
+    for folds in grouped:
+        for train, test in folds:
+            assert not set(groups[train]) & set(groups[test])
+    strat = stats.splits(y, 5, seed=0, repeats=3)
+    g = stats.repeated_auroc(y, [stats.cv_proba(X, y, f) for f in grouped], n_boot=300, groups=groups)
+    s = stats.repeated_auroc(y, [stats.cv_proba(X, y, f) for f in strat], n_boot=300, groups=groups)
+    assert g[1] < 0.5 < g[2], g
+    assert s[0] < 0.35, s   # split twins: each held-out item's near copy is in training with the opposite label
+
+
+def test_splits_errors_are_one_line():
+    y = np.repeat([0, 1], 3)
+    with pytest.raises(ValueError, match="fewer than the 5 folds"):
+        stats.splits(y, 5, seed=0)
+    with pytest.raises(ValueError, match="2 groups, fewer than the 3 folds"):
+        stats.splits(y, 3, seed=0, groups=np.array([0, 0, 0, 1, 1, 1]))
+
+
+def test_row_space_probe_equals_the_plain_probe():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 100)), np.repeat(np.arange(4), 10)
+    X[:, :4] += np.eye(4)[y] * 1.5
+    fast = stats.probe_pipeline(row_space=True).fit(X[:30], y[:30]).predict_proba(X[30:])
+    plain = stats.probe_pipeline(row_space=False, max_iter=10000).fit(X[:30], y[:30]).predict_proba(X[30:])
+    assert np.abs(fast - plain).max() < 1e-3
+
+
+def test_ridge_hats_match_sklearn_ridge_and_auroc_many_matches_auroc():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(36, 50)), np.repeat(np.arange(3), 12)
+    X[:, :3] += np.eye(3)[y]
+    folds = stats.splits(y, 3, seed=0)[0]
+    orders = stats.permutations(len(y), 4, seed=1)
+    Y = stats.one_hot(y[orders], 3)
+    scores = stats.ridge_scores(stats.ridge_hats(X, folds, alpha=0.5), Y)
+    for train, test in folds:
+        mu, sd = X[train].mean(axis=0), X[train].std(axis=0)
+        xtr, xte = (X[train] - mu) / sd, (X[test] - mu) / sd
+        lam = 0.5 * np.trace(xtr @ xtr.T) / len(train)
+        for p in range(len(orders)):
+            expected = Ridge(alpha=lam).fit(xtr, Y[p, train]).predict(xte)
+            assert np.allclose(scores[p, test], expected, atol=1e-8)
+    many = stats.auroc_many(y[orders], scores)
+    assert np.allclose(many, [stats.auroc(y[o], s) for o, s in zip(orders, scores)], atol=1e-12)
+    assert (orders[0] == np.arange(len(y))).all()
+
+
+def test_repeated_interval_adds_refit_variance_and_paired_difference_is_exact():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    base = rng.random((60, 2))
+    same = stats.repeated_auroc(y, [base] * 4, n_boot=400, seed=0)
+    assert same == pytest.approx(stats.bootstrap_auroc(y, base, n_boot=400, seed=0))
+    spread = [base + rng.normal(scale=0.5, size=base.shape) for _ in range(4)]
+    wide = stats.repeated_auroc(y, spread, n_boot=400, seed=0)
+    assert wide[2] - wide[1] > 0
+    diff = stats.repeated_auroc(y, [base] * 2, n_boot=200, seed=0, minus=[base] * 2)
+    assert diff == (0.0, 0.0, 0.0)
+
+
+def test_cluster_bootstrap_draws_twins_together():
+    groups = np.r_[np.arange(10), np.arange(10)]
+    counts = stats.bootstrap_counts(groups, 20, 50, seed=0)
+    assert (counts[:, :10] == counts[:, 10:]).all() and (counts.sum(axis=1) == 20).all()
+
+
+def test_benjamini_hochberg_known_answer():
+    p = np.array([[0.01, 0.04], [0.03, 0.5]])
+    assert np.allclose(stats.benjamini_hochberg(p), [[0.04, 0.16 / 3], [0.16 / 3, 0.5]])

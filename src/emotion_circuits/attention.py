@@ -187,11 +187,15 @@ def compare_sets(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, level: fl
 
 def summarize_set(sh: dict[str, np.ndarray], n_text: np.ndarray, n_boot: int, seed: int) -> dict:
     """Headline numbers of one set: shares averaged over stimuli, layers and heads, each with a bootstrap interval
-    over stimuli; emotion-word share against its even-spread expectation when the lexicon was applied."""
+    over stimuli, the text share per text token beside the raw one (raw shares are length-confounded), and the
+    emotion-word share against its even-spread expectation when the lexicon was applied."""
     out = {"n_stimuli": len(n_text), "text_tokens_mean": float(n_text.mean())}
     for name in ("text", "sink", "template"):
         mean, low, high = bootstrap_mean(sh[name].mean(axis=(1, 2)), n_boot, seed)
         out[f"{name}_share"] = {"mean": mean, "low": low, "high": high}
+    # raw text share grows with the number of text tokens; per token it compares sets of different lengths
+    mean, low, high = bootstrap_mean(sh["text"].mean(axis=(1, 2)) / np.maximum(n_text, 1), n_boot, seed)
+    out["text_share_per_token"] = {"mean": mean, "low": low, "high": high}
     if "emotion_word" in sh:
         has = sh["emotion_word_uniform"].sum(axis=(1, 2)) > 0
         out["stimuli_with_emotion_words"] = int(has.sum())

@@ -69,7 +69,7 @@ def _panels(n: int, height: float, ncols: int | None = None, width: float | None
 def _chance(ax, others: dict[str, float] | None = None) -> None:
     """AUROC chance, 0.5, as a dashed line labelled in the right margin (where no data is drawn), together with the
     labels of `others` (label -> y) so that no two overlap."""
-    ax.axhline(CHANCE_AUROC, color=GREY, lw=0.8, ls=(0, (4, 3)), zorder=0)
+    ax.axhline(CHANCE_AUROC, color=GREY, lw=0.5, ls=(0, (4, 3)), zorder=0)
     _margin_labels(ax, {"chance": CHANCE_AUROC, **(others or {})})
 
 
@@ -92,6 +92,16 @@ def _curve(ax, frame: pd.DataFrame, color, ls="-", band: float = 0.25, marker=No
         ax.fill_between(frame["depth"], frame["low"], frame["high"], color=color, alpha=band, lw=0)
 
 
+def _null(ax, frame: pd.DataFrame, color) -> None:
+    """The permutation null of `frame` (rows of one task and site): the band from its mean to its 95th percentile,
+    the reference line for a pooled out-of-fold AUROC (which sits below 0.5 under the null for small n)."""
+    if not len(frame) or "null_p95" not in frame or frame["null_p95"].isna().all():
+        return
+    frame = frame.sort_values("depth")
+    ax.fill_between(frame["depth"], frame["null_mean"], frame["null_p95"], color=color, alpha=0.12, lw=0)
+    ax.plot(frame["depth"], frame["null_p95"], color=color, ls=":", lw=0.9)
+
+
 def _auroc_axes(ax, frames, title: str):
     low = min([0.3] + [f["low"].min() for f in frames if len(f)])
     ax.set_ylim(max(0.0, low - 0.02), 1.02)
@@ -108,8 +118,8 @@ def _select(probes: pd.DataFrame, task: str, site: str = "h") -> pd.DataFrame:
 @styled
 def auroc_depth(probes: dict[str, pd.DataFrame], text_only: dict[str, float] | None = None) -> Figure:
     """Set A and Set B 8-class AUROC against relative depth, one panel per model (site h): 95% intervals shaded,
-    the random-init model dashed, the control task (labels shuffled once) dotted, chance 0.5, and the best text-only
-    baseline of Set B (`text_only`: method -> AUROC) dash-dotted."""
+    the random-init model dashed, the label-permutation null (mean to 95th percentile, dotted at the 95th) per
+    layer, chance 0.5 thin, and the best text-only baseline of Set B (`text_only`: method -> AUROC) dash-dotted."""
     fig, axes = _panels(len(probes), 2.6)
     colors = {"set_a": OKABE_ITO["blue"], "set_b": OKABE_ITO["vermillion"]}
     for ax, (model, frame) in zip(axes, probes.items()):
@@ -122,10 +132,7 @@ def auroc_depth(probes: dict[str, pd.DataFrame], text_only: dict[str, float] | N
             if len(rand):
                 _curve(ax, rand, color, ls="--", band=0.1)
                 shown.append(rand)
-            control = _select(frame, f"{task}_control")
-            if len(control):
-                _curve(ax, control, color, ls=":", band=0)
-                shown.append(control)
+            _null(ax, main, color)
         if text_only:
             method = max(text_only, key=text_only.get)
             ax.axhline(text_only[method], color=colors["set_b"], lw=0.9, ls="-.", zorder=0)
@@ -135,22 +142,22 @@ def auroc_depth(probes: dict[str, pd.DataFrame], text_only: dict[str, float] | N
                Line2D([], [], color=colors["set_b"], lw=4, alpha=0.6, label="Set B, 95% CI"),
                Line2D([], [], color="k", ls="-", label="trained model"),
                Line2D([], [], color="k", ls="--", label="random-init model"),
-               Line2D([], [], color="k", ls=":", label="control task"),
-               Line2D([], [], color=GREY, ls=(0, (4, 3)), label="chance (AUROC 0.5)")]
+               Line2D([], [], color="k", ls=":", label="permutation null, 95th pct"),
+               Line2D([], [], color=GREY, ls=(0, (4, 3)), lw=0.5, label="AUROC 0.5")]
     if text_only:
         method = max(text_only, key=text_only.get)
         handles.append(Line2D([], [], color=colors["set_b"], ls="-.", label=f"Set B, text only ({method})"))
     fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(probes) > 1 else 2, frameon=False)
-    fig.suptitle("8-class emotion probes by depth, site h\n(A: expressive texts, B: vignettes; control task: "
-                 "labels shuffled once)" if len(probes) > 1 else "8-class emotion probes, site h")
+    fig.suptitle("8-class emotion probes by depth, site h\n(A: expressive texts, B: vignettes; band: label-permutation "
+                 "null)" if len(probes) > 1 else "8-class emotion probes, site h")
     return fig
 
 
 @styled
 def transfer_binary(probes: dict[str, pd.DataFrame], text_only: dict[str, float] | None = None,
                     threshold: float | None = None) -> Figure:
-    """Left: transfer (probe fit on Set A, scored on Set B); right: binary Set B vs Set N, with the control task
-    and, when given, the text-only baselines of the binary task (`text_only`: method -> AUROC) and the first layer
+    """Left: transfer (probe fit on Set A, scored on Set B); right: binary Set B vs Set N (grouped by pair), with the
+    permutation null band and, when given, the text-only baselines of the binary task (`text_only`: method -> AUROC) and the first layer
     reaching `threshold` (triangle). One colour per model, random-init dashed; site h."""
     fig, (left, right) = _panels(2, 2.6, ncols=2)
     shown = {left: [], right: []}
@@ -160,8 +167,8 @@ def transfer_binary(probes: dict[str, pd.DataFrame], text_only: dict[str, float]
             main = _select(frame, task)
             _curve(ax, main, color, label=model)
             _curve(ax, _select(frame, f"random_init.{task}"), color, ls="--", band=0.1)
-            _curve(ax, _select(frame, f"{task}_control"), color, ls=":", band=0)
-            shown[ax] += [main, _select(frame, f"random_init.{task}"), _select(frame, f"{task}_control")]
+            _null(ax, main, color)
+            shown[ax] += [main, _select(frame, f"random_init.{task}")]
             if task == "b_vs_n" and threshold is not None:
                 hit = main.sort_values("depth")
                 hit = hit[hit["auroc"] >= threshold]
@@ -176,8 +183,8 @@ def transfer_binary(probes: dict[str, pd.DataFrame], text_only: dict[str, float]
     right.set_ylabel("AUROC")
     handles = [Line2D([], [], color=SERIES[i % len(SERIES)], lw=1.3, label=m) for i, m in enumerate(probes)]
     handles += [Line2D([], [], color="k", ls="--", label="random-init model"),
-                Line2D([], [], color="k", ls=":", label="control task"),
-                Line2D([], [], color=GREY, ls=(0, (4, 3)), label="chance (AUROC 0.5)")]
+                Line2D([], [], color="k", ls=":", label="permutation null, 95th pct"),
+                Line2D([], [], color=GREY, ls=(0, (4, 3)), lw=0.5, label="AUROC 0.5")]
     if text_only:
         handles.append(Line2D([], [], color=GREY, ls="-.", label="text-only baseline (no model)"))
     if threshold is not None:
@@ -246,10 +253,19 @@ def cosine_heatmaps(cosines: dict[str, pd.DataFrame], titles: dict[str, str], or
     return fig
 
 
+def _over_sets(cka: pd.DataFrame) -> pd.DataFrame:
+    """The cka stage computes CKA per stimulus set; the figures show the mean over sets."""
+    if "set" not in cka.columns:
+        return cka
+    keys = ["model_a", "model_b", "depth_a", "depth_b", "layer_a", "layer_b"]
+    return cka.groupby(keys, as_index=False, sort=False)[["cka", "cka_debiased"]].mean()
+
+
 @styled
 def cka_models(cka: pd.DataFrame, models: list[str]) -> Figure:
     """Mean linear CKA over matched relative depths between every pair of `models`: plain (left) and debiased (right).
     `cka` has the stage's rows: model_a, model_b, depth_a, depth_b, cka, cka_debiased."""
+    cka = _over_sets(cka)
     matched = cka[np.isclose(cka["depth_a"], cka["depth_b"])]
     matrices = {}
     for column in ("cka", "cka_debiased"):
@@ -276,7 +292,8 @@ def cka_depths(cka: pd.DataFrame, pairs: list[tuple[str, str]]) -> Figure:
     fig, axes = _panels(len(pairs), 3.0, ncols=min(len(pairs), 2))
     image = None
     for ax, (a, b) in zip(axes, pairs):
-        rows = cka[(cka["model_a"] == a) & (cka["model_b"] == b)]
+        rows = _over_sets(cka)
+        rows = rows[(rows["model_a"] == a) & (rows["model_b"] == b)]
         matrix = rows.pivot(index="depth_a", columns="depth_b", values="cka")
         image = _heatmap(ax, matrix.to_numpy(), [f"{d:.2f}" for d in matrix.index],
                          [f"{d:.2f}" for d in matrix.columns], 0, 1, "viridis", annotate=len(matrix) <= 6)

@@ -49,14 +49,23 @@ class GeometrySettings:
 
 @dataclass(frozen=True)
 class CkaSettings:
-    """params.yaml `cka:`; models are compared at `n_depths` relative depths spread from the first to the last layer."""
+    """params.yaml `cka:`; models are compared at `n_depths` relative depths spread from the first to the last layer,
+    per set (not concatenated: CKA over A+B measures the set difference), on standardized features, with `n_perm`
+    row permutations (the null of unrelated stimulus alignment) and `n_boot` stimulus resamples at matched depths."""
     prompt: str = "two-shot"
     sets: tuple[str, ...] = ("A", "B")
     n_depths: int = 10
+    standardize: bool = True
+    n_perm: int = 200
+    n_boot: int = 200
 
     def __post_init__(self):
         if self.n_depths < 2:
             raise ConfigError(f"params.yaml: cka.n_depths: {self.n_depths} < 2")
+        if self.n_perm < 19:
+            raise ConfigError(f"params.yaml: cka.n_perm: {self.n_perm} is too few (at least 19 for p < 0.05)")
+        if self.n_boot < 100:
+            raise ConfigError(f"params.yaml: cka.n_boot: {self.n_boot} is too few (at least 100)")
         if not self.sets:
             raise ConfigError("params.yaml: cka.sets: empty")
 
@@ -264,11 +273,38 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
     return float(np.linalg.norm(Y.T @ X) ** 2 / (xx * yy))
 
 
-def gram(X: np.ndarray) -> np.ndarray:
-    """`(n, n)` linear Gram matrix of the column-centred `X (n, d)`."""
+def gram(X: np.ndarray, standardize: bool = False) -> np.ndarray:
+    """`(n, n)` linear Gram matrix of the column-centred `X (n, d)`; `standardize` also scales each column to unit
+    variance, so a few high-variance (outlier) dimensions do not dominate the similarity."""
     X = np.asarray(X, np.float64)
     X = X - X.mean(axis=0)
+    if standardize:
+        sd = X.std(axis=0)
+        X = X / np.where(sd > 0, sd, 1.0)
     return X @ X.T
+
+
+def cka_null_and_interval(K: np.ndarray, L: np.ndarray, n_perm: int, n_boot: int, seed: int,
+                          level: float = 0.95) -> dict:
+    """Matched-stimulus CKA of Gram matrices `K, L (n, n)` beside its row-permutation null (L's stimuli shuffled:
+    the CKA of two unrelated representations of these data) and an interval from half-samples (n/2 stimuli without
+    replacement, whose estimator variance matches the full sample's), centred on the estimate: a with-replacement
+    bootstrap duplicates rows, and duplicates inflate CKA. Returns cka, low, high, null_mean, null_p95, p."""
+    rng = np.random.default_rng(seed)
+    n, m = len(K), len(K) // 2
+    point = cka_from_grams(K, L)
+    null = np.array([cka_from_grams(K, L[np.ix_(p, p)]) for p in (rng.permutation(n) for _ in range(n_perm))])
+    centre = np.eye(m) - 1.0 / m   # re-centre the sub-sampled Gram matrices
+    half = []
+    for _ in range(n_boot):
+        idx = rng.choice(n, m, replace=False)
+        half.append(cka_from_grams(centre @ K[np.ix_(idx, idx)] @ centre, centre @ L[np.ix_(idx, idx)] @ centre))
+    half = np.array(half)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(half, [tail, 100 - tail]) - np.nanmean(half)
+    return {"cka": point, "low": float(max(point + lo, -1.0)), "high": float(min(point + hi, 1.0)),
+            "null_mean": float(null.mean()), "null_p95": float(np.percentile(null, 95)),
+            "p": float((1 + np.sum(null >= point)) / (1 + n_perm))}
 
 
 def _hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:

@@ -1,9 +1,18 @@
-"""Linear probes per activation site and layer, each reported beside its controls.
+"""Linear probes per activation site and layer, each reported beside its null, its baselines and its controls.
 
-For one model: Set A and Set B 8-class probes, transfer A->B, binary B-vs-N (with the first layer reaching
-`saturation`), the Set C check, control tasks (selectivity), label-permutation nulls at the peak layer, and the same
-curves for the model's random-init control and for the zero-shot prompt when their activations exist.
-All statistics come from `stats`: one protocol, one AUROC, one bootstrap. AUROC chance is 0.5; accuracy chance 1/k.
+For one model: Set A and Set B 8-class probes, transfer A->B (layer chosen on Set A's own CV), binary B-vs-N (with
+the first layer reaching `saturation`) and the Set C check, for the headline prompt, the zero-shot prompt and the
+random-init control when their activations exist. Every CV task uses `stats.splits` (grouped by `pair`, so a B item
+and its N twin share a fold) repeated `repeats` times; intervals combine a bootstrap over stimuli (over pairs for B vs
+N) with the repeat spread. Beside every curve: the label-permutation null per layer (closed-form ridge on the same
+splits, its mean and 95th percentile), a max-over-layers (and over sites) permutation p for the peak, BH q-values
+over layers x sites, a nested estimate (layer chosen inside training folds), text-only baselines on the same splits
+(length, polarity, bag of words, tuned TF-IDF word+char n-grams, bag of the model's input embeddings) with "probe
+minus best baseline" and its paired interval, MDL online codelength (Voita & Titov 2020) for the trained and the
+random-init model, and the domain-held-out Set B curve when the stimuli carry domains. No control task: the
+random-init model and MDL are the controls (a once-shuffled label set is one draw of the permutation null). The
+random-init and zero-shot curves use one repeat and no null (comparison curves, not tests).
+AUROC chance is 0.5 but the reference line is the null; accuracy chance is 1/k.
 """
 from __future__ import annotations
 
@@ -17,45 +26,60 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
+from sklearn.model_selection import LeaveOneGroupOut
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import stats
 from .config import EMOTIONS, ConfigError, Params
-from .io import DataError, load_npz, write_csv, write_json
+from .io import DataError, load_npz, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 SITES = ("h", "a", "m")
 NEUTRAL = "neutral"
 BINARY_NAMES = np.array([NEUTRAL, "emotional"])           # b_vs_n label 0 / 1
-HEADLINE = ("set_a", "set_b", "transfer", "b_vs_n")         # computed for every variant; permutation null at the peak
-CONTROLLED = ("set_a", "set_b", "b_vs_n")                   # have a control task (labels shuffled once per stimulus)
-SEED_OFFSET = {"control": 1, "bootstrap": 2, "permutation": 3}
-PERM_CHUNK = 25                                             # permutations per joblib job
-CSV_COLUMNS = ["task", "site", "layer", "depth", "auroc", "low", "high", "accuracy", "chance_auroc",
-               "chance_accuracy"]
+HEADLINE = ("set_a", "set_b", "transfer", "b_vs_n")         # computed for every variant
+CV_TASKS = ("set_a", "set_b", "b_vs_n")                     # cross-validated (transfer is fit on A, scored on B)
+MDL_TASKS = CV_TASKS
+SEED_OFFSET = {"bootstrap": 2, "permutation": 3, "nested": 4, "mdl": 5}
+LEVEL = 0.95
+CSV_COLUMNS = ["task", "site", "layer", "depth", "auroc", "low", "high", "accuracy", "ridge_auroc", "null_mean",
+               "null_p95", "p_layer", "q_bh", "chance_auroc", "chance_accuracy"]
+DOMAIN_COLUMNS = ["layer", "auroc", "low", "high", "cv_auroc", "n_domains"]
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """params.yaml `probes:`. `seed: null` means the top-level `seed`, so the splits match the stimuli stage's
-    text-only baselines. `n_perm` permutations run at the peak layer only; `n_jobs` workers over (site, layer)."""
+    """params.yaml `probes:`. `seed: null` means the top-level `seed`. `repeats` grouped CV repeats (interval with
+    refit variance); `n_perm` label permutations of the closed-form ridge null (`ridge_alpha`) at every layer and
+    site; `tfidf_C` the grid tuned inside training folds; `mdl_fractions` the online-code block ends; `n_jobs`
+    workers over (variant, site, layer)."""
     seed: int | None = None
     folds: int = 5
+    repeats: int = 5
     C: float = 1.0
     n_boot: int = 1000
-    n_perm: int = 200
+    n_perm: int = 1000
+    ridge_alpha: float = 1.0
+    tfidf_C: tuple[float, ...] = (0.1, 1.0, 10.0)
+    mdl_fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
     n_jobs: int = 2
     saturation: float = 0.999
     prompt: str = "two-shot"
     zero_shot_prompt: str | None = "zero-shot"
 
     def __post_init__(self):
-        checks = {"folds": self.folds >= 2, "C": self.C > 0, "n_boot": self.n_boot >= 100,
-                  "n_perm": self.n_perm >= 0, "n_jobs": self.n_jobs >= 1 or self.n_jobs == -1,
-                  "saturation": 0.5 < self.saturation <= 1}
-        rules = {"folds": "at least 2", "C": "positive", "n_boot": "at least 100", "n_perm": "0 or more",
-                 "n_jobs": "a positive integer or -1", "saturation": "in (0.5, 1]"}
+        fr = self.mdl_fractions
+        checks = {"folds": self.folds >= 2, "repeats": self.repeats >= 1, "C": self.C > 0,
+                  "n_boot": self.n_boot >= 100, "n_perm": self.n_perm >= 0, "ridge_alpha": self.ridge_alpha > 0,
+                  "tfidf_C": len(self.tfidf_C) >= 1 and min(self.tfidf_C) > 0,
+                  "mdl_fractions": len(fr) >= 2 and list(fr) == sorted(set(fr)) and 0 < fr[0] and fr[-1] == 1,
+                  "n_jobs": self.n_jobs >= 1 or self.n_jobs == -1, "saturation": 0.5 < self.saturation <= 1}
+        rules = {"folds": "at least 2", "repeats": "at least 1", "C": "positive", "n_boot": "at least 100",
+                 "n_perm": "0 or more", "ridge_alpha": "positive", "tfidf_C": "a non-empty list of positive numbers",
+                 "mdl_fractions": "increasing fractions in (0, 1] ending at 1", "n_jobs": "a positive integer or -1",
+                 "saturation": "in (0.5, 1]"}
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"params.yaml: probes.{key}: must be {rules[key]}, got {getattr(self, key)!r}")
@@ -75,6 +99,41 @@ def random_init_of(params: Params, model: str) -> str | None:
     params.model(model)
     found = [s.name for s in params.models.values() if s.source == "random-init" and s.base == model]
     return found[0] if found else None
+
+
+def read_items(path) -> dict[str, dict]:
+    """id -> the JSON object of each line of a stimuli JSONL, read tolerantly (extra keys such as `domain` kept,
+    blank lines skipped), so optional fields are available whether or not the loader knows them."""
+    path = Path(path)
+    out = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err})") from None
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise DataError(f"{path}:{number}: expected an object with an `id`")
+        out[str(obj["id"])] = obj
+    return out
+
+
+def input_embeddings(model_name: str, params: Params, texts: dict[str, str]) -> dict[str, np.ndarray]:
+    """Bag-of-embeddings baseline features: id -> `(d_model,)` mean of the model's own input token embeddings over
+    the stimulus text (no context, no layers): what a probe gets from word identity alone."""
+    import torch
+
+    from .models import load_model
+
+    loaded = load_model(model_name, params, device="cpu", dtype="float32")
+    table = loaded.model.get_input_embeddings().weight.detach()
+    out = {}
+    with torch.no_grad():
+        for key, text in texts.items():
+            tokens = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+            out[key] = table[tokens].mean(dim=0).numpy().astype(np.float64)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -146,126 +205,146 @@ def optional_prompt(folder: Path, sets, reference) -> dict[str, SetData] | None:
     return load_prompt(folder, sets, reference)
 
 
-def load_baselines(path) -> dict:
-    """The text-only baselines of the stimuli stage (`baselines.set_b_8class`, `baselines.b_vs_n`), numbers only."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    found = raw.get("baselines", {}) if isinstance(raw, dict) else {}
-    out = {}
-    for src, dst in (("set_b_8class", "set_b"), ("b_vs_n", "b_vs_n")):
-        if not isinstance(found.get(src), dict):
-            raise DataError(f"{path}: missing baselines.{src}")
-        out[dst] = _numbers(found[src])
-    return out
-
-
-def _numbers(tree):
-    if isinstance(tree, dict):
-        kept = {k: _numbers(v) for k, v in tree.items()}
-        return {k: v for k, v in kept.items() if v is not None and v != {}}
-    return tree if isinstance(tree, (int, float)) and not isinstance(tree, bool) else None
-
-
 # ---------------------------------------------------------------------------------------------------- tasks
 
 
 @dataclass(frozen=True)
 class Task:
-    """Labels and splits of one probe task, shared by every site, layer and variant.
+    """Labels and splits of one probe task, shared by every site, layer, variant and text baseline.
 
-    `y (n,)` labels of the scored items; `splits` the CV folds, or None for transfer (fit on Set A with `y_fit`,
-    score every Set B item); `inputs` names the sets whose rows form X (stacked in order)."""
+    `y (n,)` labels of the scored items and `codes (n,)` their 0..k-1 codes; `folds` the repeated CV splits (a list
+    per repeat) or None for transfer (fit on Set A with `y_fit`, score every Set B item); `groups (n,)` the pair
+    groups (None: items unlinked); `inputs` names the sets whose rows form X (stacked in order); `orders
+    (n_perm + 1, n_fit)` the label permutations of the null (row 0 the identity), shared by every layer and site."""
     name: str
     inputs: tuple[str, ...]
     y: np.ndarray
-    splits: list | None = None
+    folds: list | None = None
     y_fit: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    orders: np.ndarray | None = None
 
     @property
     def k(self) -> int:
         return len(np.unique(self.y))
 
+    @property
+    def codes(self) -> np.ndarray:
+        return np.unique(self.y, return_inverse=True)[1]
 
-def make_tasks(data: dict[str, SetData], settings: ProbeSettings) -> dict[str, Task]:
-    """Every task of the headline variant, control tasks included; folds are drawn once per task."""
-    def split(y, where):
+    @property
+    def fit_codes(self) -> np.ndarray:
+        return np.unique(self.y_fit if self.folds is None else self.y, return_inverse=True)[1]
+
+
+def make_tasks(data: dict[str, SetData], settings: ProbeSettings, pairs: dict[str, str] | None = None) -> dict:
+    """The four headline tasks; folds and permutations are drawn once per task. `pairs` (id -> twin id, from the
+    stimuli JSONL) groups B vs N; without it the B-vs-N splits are not grouped (logged)."""
+    def split(y, where, groups=None):
         try:
-            return stats.folds(y, settings.folds, settings.seed)
+            return stats.splits(y, settings.folds, settings.seed, groups, settings.repeats)
         except ValueError as err:
             raise DataError(f"{where}: {err} (probes.folds={settings.folds})") from None
 
+    def orders(n):
+        return stats.permutations(n, settings.n_perm, settings.seed + SEED_OFFSET["permutation"])
+
     ya, yb = data["A"].emotions, data["B"].emotions
     ybn = np.r_[np.ones(len(yb), int), np.zeros(len(data["N"].emotions), int)]
-    tasks = {
-        "set_a": Task("set_a", ("A",), ya, split(ya, data["A"].path)),
-        "set_b": Task("set_b", ("B",), yb, split(yb, data["B"].path)),
-        "transfer": Task("transfer", ("A", "B"), yb, None, ya),
-        "b_vs_n": Task("b_vs_n", ("B", "N"), ybn, split(ybn, data["N"].path)),
+    ids = np.r_[data["B"].ids, data["N"].ids]
+    if pairs:
+        groups = stats.groups_from_pairs(ids, [pairs.get(i) for i in ids])
+    else:
+        log.warning("no pair links for Sets B and N: B-vs-N splits are not grouped (twins may be split)")
+        groups = None
+    return {
+        "set_a": Task("set_a", ("A",), ya, split(ya, data["A"].path), orders=orders(len(ya))),
+        "set_b": Task("set_b", ("B",), yb, split(yb, data["B"].path), orders=orders(len(yb))),
+        "transfer": Task("transfer", ("A", "B"), yb, None, ya, orders=orders(len(ya))),
+        "b_vs_n": Task("b_vs_n", ("B", "N"), ybn, split(ybn, data["N"].path, groups), groups=groups,
+                       orders=orders(len(ybn))),
     }
-    for name in CONTROLLED:
-        y = stats.control_labels(tasks[name].y, settings.seed + SEED_OFFSET["control"])
-        where = data[tasks[name].inputs[-1]].path
-        tasks[f"{name}_control"] = Task(f"{name}_control", tasks[name].inputs, y, split(y, where))
-    return tasks
 
 
 @dataclass(frozen=True)
 class Score:
-    """One task at one site and layer: AUROC with its bootstrap interval, accuracy, and the predicted labels `(n,)`."""
+    """One task at one site and layer. `auroc` is the mean over repeats, `low`/`high` the interval with refit
+    variance; `probas (R, n, k)` the out-of-fold probabilities per repeat; `null (n_perm + 1,)` the ridge AUROC
+    under each label order (entry 0: the observed labels); `predicted (n,)` the first repeat's labels."""
     auroc: float
     low: float
     high: float
     accuracy: float
     predicted: np.ndarray
+    probas: np.ndarray
+    null: np.ndarray
+
+    @property
+    def ridge(self) -> float:
+        return float(self.null[0])
+
+    @property
+    def null_mean(self) -> float:
+        return float(self.null[1:].mean()) if len(self.null) > 1 else float("nan")
+
+    @property
+    def null_p95(self) -> float:
+        return float(np.percentile(self.null[1:], 95)) if len(self.null) > 1 else float("nan")
+
+    @property
+    def p_layer(self) -> float:
+        return stats.permutation_p(self.ridge, self.null[1:]) if len(self.null) > 1 else float("nan")
 
 
 def _features(task: Task, x: dict[str, np.ndarray]):
     """X `(n, d_model)` float64 of a task, or (Set A, Set B) for transfer."""
-    if task.splits is None:
+    if task.folds is None:
         return x[task.inputs[0]].astype(np.float64), x[task.inputs[1]].astype(np.float64)
     return np.concatenate([x[s] for s in task.inputs]).astype(np.float64)
 
 
-def _proba(task: Task, X, y, C: float) -> np.ndarray:
-    """Out-of-fold class probabilities `(n, k)`, or for transfer the Set A probe's probabilities on Set B."""
-    if task.splits is None:
-        return stats.probe_pipeline(C).fit(X[0], y).predict_proba(X[1])
-    return stats.cv_proba(X, y, task.splits, C=C)
+def _probas(task: Task, X, C: float) -> np.ndarray:
+    """`(R, n, k)` out-of-fold probabilities per repeat, or `(1, n_B, k)` for transfer (Set A probe on Set B)."""
+    if task.folds is None:
+        return stats.probe_pipeline(C).fit(X[0], task.y_fit).predict_proba(X[1])[None]
+    return np.stack([stats.cv_proba(X, task.y, folds, C=C) for folds in task.folds])
+
+
+def ridge_null(task: Task, X, alpha: float) -> np.ndarray:
+    """Ridge AUROC `(n_perm + 1,)` under each of the task's label orders, on the first repeat's splits (observed and
+    null use the same statistic). The hat matrices depend on X only, so every permutation costs one product."""
+    k = task.k
+    if task.folds is None:
+        hats = stats.ridge_hats(X[0], None, alpha, X_test=X[1])
+        Y = stats.one_hot(task.fit_codes[task.orders], k)
+        scores = stats.ridge_scores(hats, Y, n_out=len(task.y))
+        return stats.auroc_many(np.broadcast_to(task.codes, (len(Y), len(task.y))), scores)
+    labels = task.codes[task.orders]
+    return stats.auroc_many(labels, stats.ridge_scores(stats.ridge_hats(X, task.folds[0], alpha),
+                                                       stats.one_hot(labels, k)))
 
 
 def _layer_job(x: dict[str, np.ndarray], tasks: list[Task], settings: ProbeSettings):
     """All `tasks` at one site and layer; `x` maps a set name to its `(n, d_model)` activations.
-
-    Returns ({task: Score}, {"fit": s, "bootstrap": s}); the bootstrap resamples the out-of-fold probabilities."""
-    seconds = {"fit": 0.0, "bootstrap": 0.0}
+    Returns ({task: Score}, seconds by part)."""
+    seconds = defaultdict(float)
     scores = {}
     for task in tasks:
+        X = _features(task, x)
         start = time.perf_counter()
-        proba = _proba(task, _features(task, x), task.y if task.splits is not None else task.y_fit, settings.C)
+        probas = _probas(task, X, settings.C)
         middle = time.perf_counter()
-        point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot,
-                                                 settings.seed + SEED_OFFSET["bootstrap"])
+        point, low, high = stats.repeated_auroc(task.y, probas, settings.n_boot,
+                                                settings.seed + SEED_OFFSET["bootstrap"], task.groups)
+        after = time.perf_counter()
+        null = ridge_null(task, X, settings.ridge_alpha)
         seconds["fit"] += middle - start
-        seconds["bootstrap"] += time.perf_counter() - middle
-        predicted = np.unique(task.y)[np.argmax(proba, axis=1)]
-        scores[task.name] = Score(point, low, high, float(np.mean(predicted == task.y)), predicted)
-    return scores, seconds
-
-
-def _perm_job(task: Task, X, orders: np.ndarray, C: float) -> tuple[np.ndarray, float]:
-    """AUROC under each row of `orders (n_perm, n)`: labels (for transfer, Set A's) permuted, same splits."""
-    start = time.perf_counter()
-    null = np.empty(len(orders))
-    for i, order in enumerate(orders):
-        if task.splits is None:
-            null[i] = stats.auroc(task.y, _proba(task, X, task.y_fit[order], C))
-        else:
-            y = task.y[order]
-            null[i] = stats.auroc(y, _proba(task, X, y, C))
-    return null, time.perf_counter() - start
+        seconds["bootstrap"] += after - middle
+        seconds["null"] += time.perf_counter() - after
+        classes = np.unique(task.y)
+        acc = float(np.mean([np.mean(classes[np.argmax(p, axis=1)] == task.y) for p in probas]))
+        scores[task.name] = Score(point, low, high, acc, classes[np.argmax(probas[0], axis=1)], probas, null)
+    return scores, dict(seconds)
 
 
 def _run_jobs(jobs, n_jobs: int, desc: str) -> list:
@@ -273,29 +352,179 @@ def _run_jobs(jobs, n_jobs: int, desc: str) -> list:
     return list(tqdm(results, total=len(jobs), desc=desc, leave=False, disable=None))
 
 
+# ---------------------------------------------------------------------------------------------------- nested
+
+
+def nested_job(task: Task, X: np.ndarray, settings: ProbeSettings) -> tuple[np.ndarray, np.ndarray, float]:
+    """Nested estimate on the first repeat's folds: inside each training fold, the layer with the best inner-CV
+    ridge AUROC is chosen (inner grouped splits), then the logistic probe at that layer is fit on the training fold
+    and scores the held-out fold. `X (n, n_layers, d)`. Returns (out-of-fold proba `(n, k)`, chosen layer per
+    outer fold, seconds)."""
+    start = time.perf_counter()
+    y, codes, k = task.y, task.codes, task.k
+    proba = np.zeros((len(y), k))
+    chosen = []
+    for o, (train, test) in enumerate(task.folds[0]):
+        g = None if task.groups is None else task.groups[train]
+        inner = stats.splits(y[train], settings.folds - 1 if settings.folds > 2 else 2,
+                             settings.seed + SEED_OFFSET["nested"] + o, g)[0]
+        Y = stats.one_hot(codes[train], k)[None]
+        inner_auroc = [stats.auroc_many(codes[train][None], stats.ridge_scores(
+            stats.ridge_hats(X[train, layer], inner, settings.ridge_alpha), Y))[0] for layer in range(X.shape[1])]
+        layer = int(np.argmax(inner_auroc))
+        chosen.append(layer)
+        model = stats.probe_pipeline(settings.C).fit(X[train, layer], y[train])
+        cols = np.searchsorted(np.unique(y), model.classes_)
+        proba[np.ix_(test, cols)] = model.predict_proba(X[test, layer])
+    return proba, np.array(chosen), time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------------- MDL
+
+
+def mdl_order(y: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A transmission order of the items and the group-boundary positions: groups shuffled, then interleaved by
+    class (round robin) so that every early block holds every class; twins stay adjacent and are never split
+    across blocks. Returns (order `(n,)`, the cumulative item count after each group)."""
+    rng = np.random.default_rng(seed)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    members = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    keys = list(members)
+    rng.shuffle(keys)
+    label = {g: str(y[members[g][0]]) if len({str(y[i]) for i in members[g]}) == 1 else "mixed" for g in keys}
+    rank, seen = {}, defaultdict(int)
+    for g in keys:
+        rank[g] = seen[label[g]]
+        seen[label[g]] += 1
+    keys.sort(key=lambda g: rank[g])   # stable: the shuffled order within each round
+    order = np.concatenate([members[g] for g in keys])
+    ends = np.cumsum([len(members[g]) for g in keys])
+    return order, ends
+
+
+def online_codelength(X: np.ndarray, y: np.ndarray, fractions, C: float, seed: int,
+                      groups: np.ndarray | None = None) -> dict:
+    """MDL online code (Voita & Titov 2020): the first block is sent with the uniform code, each later block with
+    a probe fit on all earlier blocks; codelength in bits, compression = uniform codelength / online codelength.
+    `X (n, d)`; block ends at `fractions` of the items, moved to group boundaries (twins in one block)."""
+    classes = np.unique(y)
+    k, n = len(classes), len(y)
+    order, ends = mdl_order(y, groups, seed)
+    cuts = sorted({int(ends[min(np.searchsorted(ends, f * n), len(ends) - 1)]) for f in fractions})
+    Xo, yo = X[order], y[order]
+    bits = cuts[0] * np.log2(k)
+    eps = 1e-6
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        fit_y = yo[:lo]
+        if len(np.unique(fit_y)) < 2:
+            bits += (hi - lo) * np.log2(k)
+            continue
+        model = stats.probe_pipeline(C).fit(Xo[:lo], fit_y)
+        p = np.full((hi - lo, k), 0.0)
+        p[:, np.searchsorted(classes, model.classes_)] = model.predict_proba(Xo[lo:hi])
+        p = (1 - eps) * p + eps / k
+        bits += -np.log2(p[np.arange(hi - lo), np.searchsorted(classes, yo[lo:hi])]).sum()
+    uniform = n * np.log2(k)
+    return {"codelength_bits": float(bits), "uniform_bits": float(uniform), "compression": float(uniform / bits),
+            "first_block": int(cuts[0])}
+
+
+# ---------------------------------------------------------------------------------------------------- baselines
+
+
+def tfidf_model(grid, folds: int, seed: int):
+    """Word (1-2) and character (2-5, within words) TF-IDF n-grams and logistic regression, C tuned by an inner
+    grouped CV inside each training fold (fit with `groups=`)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+
+    union = FeatureUnion([("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+                          ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))])
+    pipe = make_pipeline(union, LogisticRegression(max_iter=2000))
+    return GridSearchCV(pipe, {"logisticregression__C": list(grid)}, scoring="roc_auc_ovr",
+                        cv=StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed))
+
+
+def text_features(texts: list[str], embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The baseline feature sets of one task's items (in X's row order)."""
+    from .screen import features as screen_features
+
+    class _Item:  # screen.features reads `.text`
+        def __init__(self, text):
+            self.text = text
+    feats = screen_features([_Item(t) for t in texts])
+    feats["tfidf"] = feats["bow"]
+    if embeddings is not None:
+        feats["embedding"] = embeddings
+    return feats
+
+
+def baseline_probas(task: Task, feats: dict, settings: ProbeSettings, fit_feats: dict | None = None) -> dict:
+    """`{name: (R, n, k)}` out-of-fold probabilities of each text baseline on the task's own repeated splits (for
+    transfer: fit on Set A's texts, scored on Set B's, `fit_feats` holding Set A's features)."""
+    from .screen import bow_model
+
+    groups = task.groups if task.groups is not None else np.arange(len(task.y))
+    inner = max(2, settings.folds - 2)
+
+    def factory(name):
+        if name == "bow":
+            return bow_model
+        if name == "tfidf":
+            return lambda: tfidf_model(settings.tfidf_C, inner, settings.seed)
+        return lambda: stats.probe_pipeline(settings.C)
+
+    out = {}
+    for name, X in feats.items():
+        if task.folds is None:
+            Xa = fit_feats[name]
+            model = factory(name)()
+            model.fit(Xa, task.y_fit, **({"groups": np.arange(len(Xa))} if name == "tfidf" else {}))
+            cols = np.searchsorted(np.unique(task.y), model.classes_)
+            p = np.zeros((len(task.y), task.k))
+            p[:, cols] = model.predict_proba(X)
+            out[name] = p[None]
+        else:
+            out[name] = np.stack([stats.cv_proba(X, task.y, folds, model_factory=factory(name),
+                                                 groups=groups if name == "tfidf" else None)
+                                  for folds in task.folds])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- domains
+
+
+def domain_held_out(task: Task, X: np.ndarray, domains: np.ndarray, settings: ProbeSettings) -> dict:
+    """Train on every domain but one, score the held-out domain, for every domain; pooled AUROC with a bootstrap
+    interval over stimuli. `X (n, d)`, `domains (n,)`."""
+    folds = list(LeaveOneGroupOut().split(X, task.y, domains))
+    proba = stats.cv_proba(X, task.y, folds, C=settings.C)
+    point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot, settings.seed + SEED_OFFSET["bootstrap"])
+    return {"auroc": point, "low": low, "high": high, "n_domains": int(len(np.unique(domains)))}
+
+
 # ---------------------------------------------------------------------------------------------------- results
 
 
 @dataclass
 class ProbeResult:
-    """What the stage writes: metrics (nested, flattened by DVC), the long CSV rows, per-task layer curves
-    (`layer, h, a, m, chance`), confusion rows of the peak probes (`id, actual, predicted`), and timings."""
+    """What the stage writes: metrics (flat-keyed per task and site), the long CSV rows, per-task layer curves
+    (`layer`, AUROC per site, the null's mean and 95th percentile per site, `chance`), the domain-held-out curve,
+    confusion rows of the peak probes (`id, actual, predicted`), and timings."""
     metrics: dict
     rows: list[dict]
     curves: dict[str, list[dict]]
     confusions: dict[str, list[dict]]
     seconds: dict[str, float]
+    domains: list[dict] = dataclasses.field(default_factory=list)
 
 
 def _peak(scores: list[Score]) -> int:
     return int(np.argmax([s.auroc for s in scores]))  # the first layer on ties
-
-
-def _summary(scores: list[Score], layer: int) -> dict:
-    n_layers = len(scores)
-    s = scores[layer]
-    return {"peak_layer": layer, "peak_depth": (layer + 1) / n_layers, "auroc": s.auroc, "low": s.low,
-            "high": s.high, "accuracy": s.accuracy}
 
 
 def _saturation(scores: list[Score], threshold: float) -> dict:
@@ -304,40 +533,83 @@ def _saturation(scores: list[Score], threshold: float) -> dict:
     return {"saturation_layer": layer, "saturation_depth": None if layer is None else (layer + 1) / len(scores)}
 
 
+def _max_p(nulls: np.ndarray) -> float:
+    """p of the observed maximum (column 0) against the maximum over the same members (layers, sites) of each
+    permutation: `nulls (members, P + 1)`. Tests the peak as chosen."""
+    if nulls.shape[1] < 2:
+        return float("nan")
+    return stats.permutation_p(float(np.max(nulls[:, 0])), nulls[:, 1:].max(axis=0))
+
+
 def _variant_metrics(curves: dict, tasks: dict[str, Task], settings: ProbeSettings) -> dict:
-    """Peak summaries of the headline tasks of one variant: `{task: {site: {...}}}`."""
+    """Per task: the peak of every site (transfer: at the layer Set A's CV peaks), the null there, the
+    max-over-layers p per site and over layers x sites per task, BH over layers x sites, ridge/logistic agreement."""
     out = {}
     for name in HEADLINE:
-        out[name] = {"chance_auroc": 0.5, "chance_accuracy": 1 / tasks[name].k}
+        by_site = curves[name]
+        n_layers = len(by_site["h"])
+        m = {"chance_auroc": 0.5, "chance_accuracy": 1 / tasks[name].k}
+        nulls = {site: np.stack([s.null for s in by_site[site]]) for site in SITES}
+        q = _bh(by_site)
         for site in SITES:
-            scores = curves[name][site]
-            out[name][site] = _summary(scores, _peak(scores))
+            scores = by_site[site]
+            layer = _peak(curves["set_a"][site]) if name == "transfer" else _peak(scores)
+            s = scores[layer]
+            m[site] = {"peak_layer": layer, "peak_depth": (layer + 1) / n_layers, "auroc": s.auroc, "low": s.low,
+                       "high": s.high, "accuracy": s.accuracy, "null_mean": s.null_mean, "null_p95": s.null_p95,
+                       "ridge_auroc": s.ridge, "p_max_layers": _max_p(nulls[site]),
+                       "n_layers_bh": int(np.sum(q[site] < 0.05)) if q is not None else None}
             if name == "b_vs_n":
-                out[name][site].update(_saturation(scores, settings.saturation))
+                m[site].update(_saturation(scores, settings.saturation))
+        m["p_max_sites"] = _max_p(np.concatenate(list(nulls.values())))
+        lr = np.array([[s.auroc for s in by_site[site]] for site in SITES]).ravel()
+        ridge = np.array([[s.ridge for s in by_site[site]] for site in SITES]).ravel()
+        m["ridge_agreement"] = {"mean_abs_diff": float(np.mean(np.abs(lr - ridge))),
+                                "corr": float(np.corrcoef(lr, ridge)[0, 1]) if lr.std() > 0 and ridge.std() > 0
+                                else float("nan")}
+        out[name] = m
     return out
+
+
+def _bh(by_site: dict) -> dict | None:
+    """BH q-values of the per-layer permutation p over every layer x site of one task, or None without a null."""
+    p = np.array([[s.p_layer for s in by_site[site]] for site in SITES])
+    if not np.isfinite(p).all():
+        return None
+    q = stats.benjamini_hochberg(p)
+    return {site: q[i] for i, site in enumerate(SITES)}
 
 
 def _rows(prefix: str, curves: dict, tasks: dict[str, Task]) -> list[dict]:
     rows = []
     for name, by_site in curves.items():
+        q = _bh(by_site)
         for site in SITES:
             scores = by_site[site]
             for layer, s in enumerate(scores):
                 rows.append({"task": prefix + name, "site": site, "layer": layer, "depth": (layer + 1) / len(scores),
                              "auroc": s.auroc, "low": s.low, "high": s.high, "accuracy": s.accuracy,
+                             "ridge_auroc": s.ridge, "null_mean": s.null_mean, "null_p95": s.null_p95,
+                             "p_layer": s.p_layer, "q_bh": None if q is None else float(q[site][layer]),
                              "chance_auroc": 0.5, "chance_accuracy": 1 / tasks[name].k})
     return rows
 
 
+def curve_columns() -> list[str]:
+    return ["layer", *SITES, *[f"{s}_null_mean" for s in SITES], *[f"{s}_null_p95" for s in SITES], "chance"]
+
+
 def _curve_tables(prefix: str, curves: dict) -> dict[str, list[dict]]:
-    return {prefix + name: [{"layer": l, **{site: by_site[site][l].auroc for site in SITES}, "chance": 0.5}
+    return {prefix + name: [{"layer": l, **{site: by_site[site][l].auroc for site in SITES},
+                             **{f"{site}_null_mean": by_site[site][l].null_mean for site in SITES},
+                             **{f"{site}_null_p95": by_site[site][l].null_p95 for site in SITES}, "chance": 0.5}
                             for l in range(len(by_site["h"]))]
             for name, by_site in curves.items()}
 
 
 def _set_c(data: dict[str, SetData], tasks: dict[str, Task], curves: dict, settings: ProbeSettings) -> dict:
     """At each site's peak B-vs-N layer, a probe fit on all of B+N labels Set C: the fraction called emotional,
-    beside the out-of-fold fraction of Set N called emotional at the same layer."""
+    beside the out-of-fold (grouped, first repeat) fraction of Set N called emotional at the same layer."""
     task, n_b = tasks["b_vs_n"], len(data["B"].ids)
     out = {}
     for site in SITES:
@@ -354,43 +626,58 @@ def _set_c(data: dict[str, SetData], tasks: dict[str, Task], curves: dict, setti
     return out
 
 
-def run_probes(folder, settings: ProbeSettings, control_folder=None, baselines_path=None) -> ProbeResult:
+def run_probes(folder, settings: ProbeSettings, control_folder=None, items: dict[str, dict] | None = None,
+               embeddings: dict[str, np.ndarray] | None = None) -> ProbeResult:
+    """See `_run_probes`; BLAS is held to one thread (the fits are small: a multi-threaded BLAS on 2 shared cores
+    made each logistic fit 10x slower)."""
+    with threadpool_limits(limits=1):
+        return _run_probes(folder, settings, control_folder, items, embeddings)
+
+
+def _run_probes(folder, settings: ProbeSettings, control_folder=None, items: dict[str, dict] | None = None,
+                embeddings: dict[str, np.ndarray] | None = None) -> ProbeResult:
     """All probes of one model. `folder` is `data/activations/<model>` (its `settings.prompt` subfolder must hold
     A, B, N, C); `control_folder` the random-init model's folder. The random-init and zero-shot variants run when
-    their files exist; the baselines are copied when `baselines_path` exists. Everything is read before any fit."""
+    their files exist. `items` (id -> stimulus JSON object, every set) supplies pair links, texts for the
+    baselines and optional `domain`s; `embeddings` (id -> `(d,)` mean input embedding) the bag-of-embeddings
+    baseline."""
     wall = time.perf_counter()
     folder = Path(folder)
     data = load_prompt(folder / settings.prompt)
-    tasks = make_tasks(data, settings)
-    baselines = load_baselines(baselines_path) if baselines_path and Path(baselines_path).exists() else None
-    variants = {"": (data, list(tasks))}
+    pairs = {i: o.get("pair") for i, o in items.items()} if items else None
+    tasks = make_tasks(data, settings, pairs)
+    variants = {"": data}
     for prefix, where in (("random_init.", control_folder and Path(control_folder) / settings.prompt),
                           ("zero_shot.", settings.zero_shot_prompt and folder / settings.zero_shot_prompt)):
         found = optional_prompt(where, ("A", "B", "N"), data) if where else None
         if found:
-            variants[prefix] = (found, list(HEADLINE))
+            variants[prefix] = found
     seconds = defaultdict(float)
     curves = _curves(variants, tasks, settings, seconds, desc=f"probes {folder.name}")
-
     main = curves[""]
     metrics = {"n_layers": data["A"].shape[1], "d_model": data["A"].shape[2], "n_boot": settings.n_boot,
-               "n_perm": settings.n_perm, **_variant_metrics(main, tasks, settings)}
-    for name in CONTROLLED:
-        for site in SITES:
-            m, control = metrics[name][site], main[f"{name}_control"][site]
-            at_peak = control[m["peak_layer"]].auroc
-            m.update(control_auroc=at_peak, selectivity=m["auroc"] - at_peak,
-                     control_peak_auroc=max(s.auroc for s in control))
-    if settings.n_perm:
-        _add_permutation_p(metrics, data, tasks, settings, seconds)
+               "n_perm": settings.n_perm, "repeats": settings.repeats,
+               **_variant_metrics(main, tasks, settings)}
+    _add_nested(metrics, data, tasks, settings, seconds)
     metrics["set_c"] = _set_c(data, tasks, main, settings)
+    start = time.perf_counter()
+    metrics["mdl"] = _mdl(data, tasks, main, settings)
     if "random_init." in variants:
         metrics["random_init"] = {"model": Path(control_folder).name,
-                                  **_variant_metrics(curves["random_init."], tasks, settings)}
+                                  **_variant_metrics(curves["random_init."], tasks, settings),
+                                  "mdl": _mdl(variants["random_init."], tasks, curves["random_init."], settings)}
+    seconds["mdl"] += time.perf_counter() - start
     if "zero_shot." in variants:
         metrics["zero_shot"] = _variant_metrics(curves["zero_shot."], tasks, settings)
-    if baselines is not None:
-        metrics["baselines"] = baselines
+    if items:
+        start = time.perf_counter()
+        _add_baselines(metrics, data, tasks, main, items, embeddings, settings)
+        seconds["baselines"] += time.perf_counter() - start
+    domain_rows = []
+    if items:
+        start = time.perf_counter()
+        domain_rows = _add_domains(metrics, data, tasks, main, items, settings)
+        seconds["domains"] += time.perf_counter() - start
 
     rows, tables = [], {}
     for prefix in variants:
@@ -398,18 +685,27 @@ def run_probes(folder, settings: ProbeSettings, control_folder=None, baselines_p
         tables.update(_curve_tables(prefix, curves[prefix]))
     seconds["wall"] = time.perf_counter() - wall
     _log_headline(folder.name, metrics)
-    return ProbeResult(metrics, rows, tables, _confusions(data, tasks, main), dict(seconds))
+    log.info("%s: %.0f s wall; worker seconds %s", folder.name, seconds["wall"],
+             ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if k != "wall"))
+    return ProbeResult(metrics, rows, tables, _confusions(data, tasks, main), dict(seconds), domain_rows)
+
+
+def control_task(task: Task) -> Task:
+    """The task as the random-init and zero-shot variants run it: the first repeat's splits and no permutation null
+    (they are curves to compare with, not tests), which keeps the stage within its time budget."""
+    return dataclasses.replace(task, folds=None if task.folds is None else task.folds[:1], orders=task.orders[:1])
 
 
 def _curves(variants: dict, tasks: dict[str, Task], settings: ProbeSettings, seconds, desc: str) -> dict:
     """`{variant: {task: {site: [Score per layer]}}}`, one joblib job per (variant, site, layer)."""
     keys, jobs = [], []
-    for prefix, (vdata, names) in variants.items():
+    for prefix, vdata in variants.items():
+        chosen = [tasks[n] if not prefix else control_task(tasks[n]) for n in HEADLINE]
         for site in SITES:
             for layer in range(vdata["A"].shape[1]):
                 x = {s: np.ascontiguousarray(vdata[s].sites[site][:, layer]) for s in ("A", "B", "N")}
                 keys.append((prefix, site))
-                jobs.append(delayed(_layer_job)(x, [tasks[n] for n in names], settings))
+                jobs.append(delayed(_layer_job)(x, chosen, settings))
     curves = {prefix: defaultdict(lambda: defaultdict(list)) for prefix in variants}
     for (prefix, site), (scores, secs) in zip(keys, _run_jobs(jobs, settings.n_jobs, desc)):
         for name, score in scores.items():
@@ -419,39 +715,128 @@ def _curves(variants: dict, tasks: dict[str, Task], settings: ProbeSettings, sec
     return curves
 
 
-def _add_permutation_p(metrics, data, tasks, settings, seconds) -> None:
-    """Label-permutation p at each (task, site)'s peak layer; one permutation matrix per task, chunked over jobs.
-    The p is conditional on the layer (the selection of the peak among layers is not part of the null)."""
+def _stack(data, task: Task, site: str) -> np.ndarray:
+    """`(n, n_layers, d)` float64 rows of a CV task at one site."""
+    return np.concatenate([data[s].sites[site] for s in task.inputs]).astype(np.float64)
+
+
+def _add_nested(metrics, data, tasks, settings, seconds) -> None:
+    """The nested estimate (layer chosen inside training folds) beside each CV task's peak, per site."""
     keys, jobs = [], []
-    for name in HEADLINE:
-        task = tasks[name]
-        n = len(task.y if task.splits is not None else task.y_fit)
-        rng = np.random.default_rng(settings.seed + SEED_OFFSET["permutation"])
-        orders = np.argsort(rng.random((settings.n_perm, n)), axis=1)
+    for name in CV_TASKS:
         for site in SITES:
-            layer = metrics[name][site]["peak_layer"]
-            X = _features(task, {s: data[s].sites[site][:, layer] for s in task.inputs})
-            for start in range(0, settings.n_perm, PERM_CHUNK):
-                keys.append((name, site))
-                jobs.append(delayed(_perm_job)(task, X, orders[start:start + PERM_CHUNK], settings.C))
-    nulls = defaultdict(list)
-    for key, (null, secs) in zip(keys, _run_jobs(jobs, settings.n_jobs, "permutations")):
-        nulls[key].append(null)
-        seconds["permutation"] += secs
-    for (name, site), parts in nulls.items():
-        m = metrics[name][site]
-        m["p_perm"] = stats.permutation_p(m["auroc"], np.concatenate(parts))
+            keys.append((name, site))
+            jobs.append(delayed(nested_job)(tasks[name], _stack(data, tasks[name], site), settings))
+    for (name, site), (proba, chosen, secs) in zip(keys, _run_jobs(jobs, settings.n_jobs, "nested")):
+        task = tasks[name]
+        point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot,
+                                                 settings.seed + SEED_OFFSET["bootstrap"], groups=task.groups)
+        metrics[name][site].update(nested_auroc=point, nested_low=low, nested_high=high,
+                                   nested_layers=" ".join(map(str, chosen)))
+        seconds["nested"] += secs
+
+
+def _mdl(data, tasks, curves, settings) -> dict:
+    """MDL online code of each CV task at site h, at that variant's own peak layer."""
+    out = {}
+    for name in MDL_TASKS:
+        task = tasks[name]
+        layer = _peak(curves[name]["h"])
+        X = _stack(data, task, "h")[:, layer]
+        out[name] = {"site": "h", "layer": layer,
+                     **online_codelength(X, task.y, settings.mdl_fractions, settings.C,
+                                         settings.seed + SEED_OFFSET["mdl"], task.groups)}
+    return out
+
+
+def _texts(data, task: Task, items: dict, sets) -> list[str]:
+    try:
+        return [items[i]["text"] for s in sets for i in data[s].ids]
+    except KeyError as err:
+        raise DataError(f"stimulus {err} of the activations not found in the stimuli JSONL") from None
+
+
+def _embedded(data, embeddings: dict | None, sets) -> np.ndarray | None:
+    """`(n, d)` input-embedding features of the rows of `sets`, in X's order; None without embeddings."""
+    if embeddings is None:
+        return None
+    try:
+        return np.stack([embeddings[i] for s in sets for i in data[s].ids]).astype(np.float64)
+    except KeyError as err:
+        raise DataError(f"stimulus {err} of the activations has no input embedding") from None
+
+
+def _add_baselines(metrics, data, tasks, curves, items, embeddings, settings) -> None:
+    """Text-only baselines of every headline task on its own splits, and per site probe minus the best baseline
+    (highest mean AUROC) with a paired interval (same stimulus resamples and repeats)."""
+    seed = settings.seed + SEED_OFFSET["bootstrap"]
+    keys, jobs = [], []
+    for name in HEADLINE:   # one job per (task, method): the baselines' fits are independent
+        task = tasks[name]
+        scored = task.inputs if task.folds is not None else task.inputs[1:]
+        feats = text_features(_texts(data, task, items, scored), _embedded(data, embeddings, scored))
+        fit = None
+        if task.folds is None:
+            fit = text_features(_texts(data, task, items, task.inputs[:1]),
+                                _embedded(data, embeddings, task.inputs[:1]))
+        for method, X in feats.items():
+            keys.append((name, method))
+            jobs.append(delayed(baseline_probas)(task, {method: X}, settings,
+                                                 None if fit is None else {method: fit[method]}))
+    by_task = defaultdict(dict)
+    for (name, method), found in zip(keys, _run_jobs(jobs, settings.n_jobs, "baselines")):
+        by_task[name][method] = found[method]
+    for name in HEADLINE:
+        task, probas = tasks[name], by_task[name]
+        found = {}
+        for method, p in probas.items():
+            point, low, high = stats.repeated_auroc(task.y, p, settings.n_boot, seed, task.groups)
+            found[method] = {"auroc": point, "low": low, "high": high}
+        best = max(found, key=lambda k: found[k]["auroc"])
+        metrics[name]["baselines"] = found
+        metrics[name]["best_baseline"] = best
+        metrics[name]["best_baseline_auroc"] = found[best]["auroc"]
+        for site in SITES:
+            m = metrics[name][site]
+            probe = curves[name][site][m["peak_layer"]].probas
+            base = probas[best]
+            if len(base) != len(probe):  # transfer: one fit each; otherwise both have `repeats` rows
+                base = np.repeat(base[:1], len(probe), axis=0)
+            d, lo, hi = stats.repeated_auroc(task.y, probe, settings.n_boot, seed, task.groups, minus=base)
+            m.update(margin=d, margin_low=lo, margin_high=hi)
+
+
+def _add_domains(metrics, data, tasks, curves, items, settings) -> list[dict]:
+    """Set B at every layer (site h) with each domain held out in turn, beside ordinary CV; skipped (logged) when
+    the stimuli carry no `domain`."""
+    task = tasks["set_b"]
+    domains = [items.get(i, {}).get("domain") for i in data["B"].ids]
+    if any(d is None for d in domains):
+        log.warning("Set B items carry no `domain`: domain-held-out evaluation skipped")
+        return []
+    domains = np.array(domains, dtype=str)
+    X = _stack(data, task, "h")
+    jobs = [delayed(domain_held_out)(task, X[:, layer], domains, settings) for layer in range(X.shape[1])]
+    rows = []
+    for layer, found in enumerate(_run_jobs(jobs, settings.n_jobs, "domains")):
+        rows.append({"layer": layer, **found, "cv_auroc": curves["set_b"]["h"][layer].auroc})
+    peak = metrics["set_b"]["h"]["peak_layer"]
+    metrics["domain_held_out"] = {"set_b": {"h": {"layer": peak, **{k: rows[peak][k] for k in
+                                                                    ("auroc", "low", "high", "n_domains")},
+                                                  "cv_auroc": metrics["set_b"]["h"]["auroc"]}}}
+    return rows
 
 
 def _confusions(data, tasks, main) -> dict[str, list[dict]]:
-    """Out-of-fold predictions of each headline probe at its peak layer (transfer: every Set B item)."""
+    """Out-of-fold predictions (first repeat) of each headline probe at its peak layer (transfer: every Set B item,
+    at the layer chosen on Set A)."""
     out = {}
     for name in HEADLINE:
         task = tasks[name]
-        ids = np.concatenate([data[s].ids for s in (task.inputs if task.splits is not None else task.inputs[1:])])
+        ids = np.concatenate([data[s].ids for s in (task.inputs if task.folds is not None else task.inputs[1:])])
         for site in SITES:
-            scores = main[name][site]
-            predicted = scores[_peak(scores)].predicted
+            layer = _peak(main["set_a"][site]) if name == "transfer" else _peak(main[name][site])
+            predicted = main[name][site][layer].predicted
             actual, predicted = (BINARY_NAMES[task.y], BINARY_NAMES[predicted]) if name == "b_vs_n" else (task.y,
                                                                                                          predicted)
             out[f"{name}_{site}"] = [{"id": i, "actual": a, "predicted": p} for i, a, p in zip(ids, actual, predicted)]
@@ -459,25 +844,32 @@ def _confusions(data, tasks, main) -> dict[str, list[dict]]:
 
 
 def _log_headline(model: str, metrics: dict) -> None:
-    for name in ("set_a", "set_b", "transfer"):
+    for name in HEADLINE:
         for site in SITES:
             m = metrics[name][site]
-            log.info("%s %s %s: peak layer %d, AUROC %.3f [%.3f, %.3f]", model, name, site, m["peak_layer"],
-                     m["auroc"], m["low"], m["high"])
+            log.info("%s %s %s: layer %d, AUROC %.3f [%.3f, %.3f], null p95 %.3f, p(max over layers) %.3g%s", model,
+                     name, site, m["peak_layer"], m["auroc"], m["low"], m["high"], m["null_p95"], m["p_max_layers"],
+                     f", nested {m['nested_auroc']:.3f}" if "nested_auroc" in m else "")
     for site in SITES:
         log.info("%s b_vs_n %s: saturation layer %s", model, site, metrics["b_vs_n"][site]["saturation_layer"])
 
 
 def write_outputs(result: ProbeResult, metrics_path, plots_dir) -> None:
-    """metrics JSON, `probes.csv` (one row per task, site, layer), `probes/layers/<task>.csv` (AUROC per site, for
-    `dvc plots`), `probes/confusion/<task>_<site>.csv`; stale CSVs of an earlier run are removed."""
+    """metrics JSON, `probes.csv` (one row per task, site, layer), `probes/layers/<task>.csv` (AUROC and null band
+    per site, for `dvc plots`), `probes/confusion/<task>_<site>.csv`, `probes/domain_held_out.csv` (when domains
+    exist); stale CSVs of an earlier run are removed."""
     plots_dir = Path(plots_dir)
     write_json(metrics_path, result.metrics)
     write_csv(plots_dir / "probes.csv", result.rows, CSV_COLUMNS)
-    for sub, tables, columns in (("layers", result.curves, ["layer", *SITES, "chance"]),
+    for sub, tables, columns in (("layers", result.curves, curve_columns()),
                                  ("confusion", result.confusions, ["id", "actual", "predicted"])):
         folder = plots_dir / "probes" / sub
         for name, rows in tables.items():
             write_csv(folder / f"{name}.csv", rows, columns)
         for stale in set(folder.glob("*.csv")) - {folder / f"{name}.csv" for name in tables}:
             stale.unlink()
+    domain_csv = plots_dir / "probes" / "domain_held_out.csv"
+    if result.domains:
+        write_csv(domain_csv, result.domains, DOMAIN_COLUMNS)
+    else:  # a declared output either way
+        write_text(domain_csv, ",".join(DOMAIN_COLUMNS) + "\n")

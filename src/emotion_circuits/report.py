@@ -141,28 +141,29 @@ def probe_rows(probes: dict, site: str, thr: str, suffix: str = "") -> list[tupl
 
 
 def control_rows(probes: dict, site: str) -> list[tuple]:
-    """The controls of the probe rows: random-init model, control task, permutation p, zero-shot prompt, Set C."""
+    """The controls of the probe rows: random-init model, max-over-layers permutation p, nested estimate, MDL
+    compression (trained and random-init), zero-shot prompt, Set C."""
     rows, ri, zs = [], probes.get("random_init"), probes.get("zero_shot", {})
-    for task, name in (("set_a", "Set A"), ("set_b", "Set B"), ("transfer", "transfer A->B")):
+    for task, name in (("set_a", "Set A"), ("set_b", "Set B"), ("transfer", "transfer A->B"), ("b_vs_n", "B vs N")):
         m = probes[task][site]
         if ri:
             rows.append((f"{task}.random_init", f"{name}: random-init model, peak AUROC", ci(ri[task][site], "auroc")))
-        if "control_auroc" in m:
-            rows += [(f"{task}.control_task", f"{name}: control task (shuffled labels) AUROC at the peak layer",
-                      number(m["control_auroc"], "auroc")),
-                     (f"{task}.selectivity", f"{name}: selectivity (AUROC - control task)",
-                      number(m["selectivity"], "selectivity"))]
-        if "p_perm" in m:
-            rows.append((f"{task}.p_perm", f"{name}: label-permutation p at the peak layer",
-                         number(m["p_perm"], "p", "{:.3g}")))
+        if m.get("p_max_layers") is not None:
+            rows.append((f"{task}.p_max_layers", f"{name}: permutation p, max over layers (ridge null)",
+                         number(m["p_max_layers"], "p", "{:.3g}")))
+        if "nested_auroc" in m:
+            rows.append((f"{task}.nested", f"{name}: nested estimate (layer chosen inside training folds)",
+                         ci(m, "nested_auroc", "auroc")))
+        for label, mdl in (("trained", probes.get("mdl", {})), ("random-init", (ri or {}).get("mdl", {}))):
+            if task in mdl:
+                rows.append((f"{task}.mdl_{label.replace('-', '_')}", f"{name}: MDL compression (online code vs "
+                             f"uniform), {label}, layer {mdl[task]['layer']}", number(mdl[task]["compression"],
+                                                                                     "compression", "{:.2f}")))
         if task in zs:
             rows.append((f"{task}.zero_shot", f"{name}: zero-shot prompt, peak AUROC", ci(zs[task][site], "auroc")))
     if ri:
         rows += [("peak_depth.random_init", "Set B peak depth: random-init model", depth(ri["set_b"][site])),
                  ("saturation.random_init", "B-vs-N saturation: random-init model", saturation(ri["b_vs_n"][site]))]
-    if "selectivity" in probes["b_vs_n"][site]:
-        rows.append(("saturation.selectivity", "B vs N: selectivity at the peak layer (AUROC - control task)",
-                     number(probes["b_vs_n"][site]["selectivity"], "selectivity")))
     if site in probes.get("set_c", {}):
         set_c = probes["set_c"][site]
         rows += [("saturation.set_c", "Set C (vivid neutral texts) called emotional by the B-vs-N probe",
@@ -170,6 +171,39 @@ def control_rows(probes: dict, site: str) -> list[tuple]:
                  ("saturation.set_n", "Set N called emotional (out of fold), same layer",
                   number(set_c["n_fraction_emotional"], "fraction"))]
     return [(f"{site}.{key}", label, cell) for key, label, cell in rows]
+
+
+PROBE_HEADER = ("task", "AUROC [95% CI] (layer)", "null 95th pct", "best text baseline",
+                "probe - baseline [95% CI]", "p (max-over-layers null)", "nested [95% CI]")
+PROBE_TASKS = (("set_a", "Set A, 8-class"), ("set_b", "Set B, 8-class"),
+               ("transfer", "transfer A->B (layer chosen on Set A)"), ("b_vs_n", "B vs N (grouped by pair)"))
+
+
+def probe_table(model: str, probes: dict, site: str, flat: dict) -> list[list[str]]:
+    """One model's probe headline rows (the issue-12 layout); numbers go to `flat` as `<model>/probe.<task>.<name>`."""
+    body = []
+    for task, label in PROBE_TASKS:
+        t, m = probes[task], probes[task][site]
+        cells = [label, f"{m['auroc']:.3f} [{m['low']:.3f}, {m['high']:.3f}] ({m['peak_layer']})"]
+        keys = {"auroc": m["auroc"], "low": m["low"], "high": m["high"], "layer": m["peak_layer"],
+                "null_p95": m.get("null_p95"), "p_max_layers": m.get("p_max_layers")}
+        cells.append("—" if m.get("null_p95") is None else f"{m['null_p95']:.3f}")
+        if "best_baseline" in t:
+            cells += [f"{t['best_baseline']} {t['best_baseline_auroc']:.3f}",
+                      f"{m['margin']:+.3f} [{m['margin_low']:+.3f}, {m['margin_high']:+.3f}]"]
+            keys.update(best_baseline_auroc=t["best_baseline_auroc"], margin=m["margin"],
+                        margin_low=m["margin_low"], margin_high=m["margin_high"])
+        else:
+            cells += ["—", "—"]
+        cells.append("—" if m.get("p_max_layers") is None else f"{m['p_max_layers']:.3g}")
+        if "nested_auroc" in m:
+            cells.append(f"{m['nested_auroc']:.3f} [{m['nested_low']:.3f}, {m['nested_high']:.3f}]")
+            keys.update(nested=m["nested_auroc"], nested_low=m["nested_low"], nested_high=m["nested_high"])
+        else:
+            cells.append("—")
+        flat.update({f"{model}/probe.{task}.{k}": v for k, v in keys.items()})
+        body.append(cells)
+    return body
 
 
 def patching_rows(patching: dict) -> tuple[list, list]:
@@ -248,10 +282,17 @@ def attention_rows(attention: dict) -> list[tuple]:
     """Share of the extraction position's attention on the stimulus text, per set and the difference."""
     rows = [(f"attention.{name}.text_share", f"Set {name}: attention on the stimulus text (mean over layers, heads)",
              ci(s["text_share"], "mean", "share")) for name, s in sorted(attention.get("sets", {}).items())]
+    rows += [(f"attention.{name}.text_share_per_token", f"Set {name}: attention on the text per text token",
+              ci(s["text_share_per_token"], "mean", "share", )) for name, s in sorted(attention.get("sets", {}).items())
+             if "text_share_per_token" in s]
     if "compare" in attention:
         c = attention["compare"]
         rows.append(("attention.text_share_diff", f"text share, Set {c['set_a']} minus Set {c['set_b']}",
                      ci(c["text_share_diff"], "diff")))
+        if "text_share_per_token_diff" in c:
+            rows.append(("attention.text_share_per_token_diff", f"text share per text token, Set {c['set_a']} "
+                         f"minus Set {c['set_b']} (raw shares are length-confounded)",
+                         ci(c["text_share_per_token_diff"], "diff")))
     return rows
 
 
@@ -362,6 +403,14 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
             summary.tables.append(("Linear CKA between models (site h, matched relative depths)",
                                    ["model pair", "mean CKA at matched depths", "debiased", "best-aligned layers"],
                                    cka_body(cka, summary.flat), ""))
+    for m in models:
+        probes = outputs.json(f"{m}/probes.json", required=True)
+        with reading(outputs.metrics / m / "probes.json"):
+            summary.tables.append((f"Probes, {m} (site {HEADLINE_SITE})", list(PROBE_HEADER),
+                                   probe_table(m, probes, HEADLINE_SITE, summary.flat),
+                                   "Repeated grouped CV; interval: stimulus (pair) bootstrap with one repeat per "
+                                   "resample; null: label permutations of a closed-form ridge probe on the same "
+                                   "splits; margin: paired bootstrap, same resamples."))
     return summary
 
 

@@ -2,8 +2,10 @@
 text-only shortcut baselines. Sets B, N and C must contain no word of the project's explicit lexicon, and every B/N
 pair must match in length; otherwise `ScreenError` (one line naming the items and words).
 
-The baselines use the probes' protocol (stats.folds, stats.cv_proba, stats.bootstrap_auroc), so their AUROCs are
-directly comparable with a probe's: how much of a task a classifier gets from text length, polarity or word choice.
+The baselines use the probes' protocol (stats.splits, grouped by `pair` for B vs N so twins share a fold;
+stats.cv_proba; stats.bootstrap_auroc over groups), so their AUROCs are directly comparable with a probe's: how much
+of a task a classifier gets from text length, polarity or word choice. The probes stage repeats these baselines (and
+TF-IDF and input-embedding ones) on its own repeated splits, beside each probe.
 """
 from __future__ import annotations
 
@@ -199,15 +201,17 @@ def features(items: list[Stimulus], polarity: np.ndarray | None = None) -> dict[
             "bow": np.array(texts, dtype=str)}
 
 
-def baseline(feats: dict[str, np.ndarray], y: np.ndarray, settings: ScreenSettings, seed: int) -> dict:
-    """Macro one-vs-rest AUROC and 95% bootstrap interval of each feature set, all on the same stratified splits."""
+def baseline(feats: dict[str, np.ndarray], y: np.ndarray, settings: ScreenSettings, seed: int,
+             groups: np.ndarray | None = None) -> dict:
+    """Macro one-vs-rest AUROC and 95% bootstrap interval of each feature set, all on the same stratified splits,
+    grouped by `groups (n,)` when given (linked items share a fold and are resampled together)."""
     y = np.asarray(y)
-    splits = stats.folds(y, settings.folds, seed)
+    folds = stats.splits(y, settings.folds, seed, groups)[0]
     out = {}
     for name, X in feats.items():
         factory = bow_model if X.dtype.kind in "US" else None
-        proba = stats.cv_proba(X, y, splits, model_factory=factory)
-        point, low, high = stats.bootstrap_auroc(y, proba, settings.n_boot, seed)
+        proba = stats.cv_proba(X, y, folds, model_factory=factory)
+        point, low, high = stats.bootstrap_auroc(y, proba, settings.n_boot, seed, groups=groups)
         out[name] = {"auroc": point, "low": low, "high": high}
     return out
 
@@ -263,6 +267,7 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
             both = b + sets["N"]
             feats = features(both, np.vstack([polarity["B"], polarity["N"]]))
             y = np.r_[np.ones(len(b), dtype=int), np.zeros(len(sets["N"]), dtype=int)]   # positive class: Set B
-            metrics["baselines"]["b_vs_n"] = baseline(feats, y, settings, seed)
+            groups = stats.groups_from_pairs([s.id for s in both], [s.pair for s in both])
+            metrics["baselines"]["b_vs_n"] = baseline(feats, y, settings, seed, groups)
     metrics["seed"] = seed
     return metrics

@@ -1,34 +1,77 @@
-"""The one statistics toolbox: the probe protocol, fast AUROC, bootstrap intervals and permutation p-values.
+"""The one statistics toolbox: splits, the probe, fast AUROC, intervals with refit variance, nulls and multiplicity.
 
 Everything that reports an AUROC (probes, text-only baselines, interventions) uses these functions, so every
-number is computed the same way. AUROC chance is 0.5; accuracy chance is 1/k.
+number is computed the same way. Splits are grouped wherever items are linked (a B item and its N twin share a
+group): split twins teach a probe the opposite label of a near copy and drive AUROC below 0.5. The reference line
+for a pooled out-of-fold AUROC is its permutation null (which sits a little below 0.5 for small n); accuracy
+chance is 1/k.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def probe_pipeline(C: float = 1.0, max_iter: int = 2000) -> Pipeline:
-    """Standardization and L2 logistic regression in one Pipeline, so CV fits the scaler on training folds only."""
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+class RowSpace(BaseEstimator, TransformerMixin):
+    """Coordinates in the row space of the (centred) training matrix: `(n, d) -> (n, rank)`, rank <= n_train.
+
+    An L2 logistic regression's weights lie in that row space (the gradient is X^T r + w / C), so fitting on these
+    coordinates gives the same predictions as on the raw features while costing O(n^2) per step instead of O(n d)."""
+
+    def fit(self, X, y=None):
+        _, s, vt = np.linalg.svd(X, full_matrices=False)
+        keep = s > s[0] * 1e-10 if len(s) and s[0] > 0 else np.arange(len(s)) < 1   # constant X: one zero column
+        self.components_ = vt[keep].T
+        return self
+
+    def transform(self, X):
+        return X @ self.components_
 
 
-def folds(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified k-fold splits (shuffled with `seed`); the same splits for every feature set of a task."""
+def probe_pipeline(C: float = 1.0, max_iter: int = 2000, row_space: bool = True) -> Pipeline:
+    """Standardization and L2 logistic regression in one Pipeline, so CV fits the scaler on training folds only.
+    `row_space` fits in the training rows' span (same predictions, faster when d > n)."""
+    steps = [StandardScaler(), *([RowSpace()] if row_space else []), LogisticRegression(C=C, max_iter=max_iter)]
+    return make_pipeline(*steps)
+
+
+def groups_from_pairs(ids, pairs) -> np.ndarray:
+    """Group codes `(n,)`: an item and its `pair` twin (if also present) share one code; unlinked items their own."""
+    ids = [str(i) for i in ids]
+    key = [min(i, p) if p and p in set(ids) else i for i, p in zip(ids, pairs)]
+    return np.unique(key, return_inverse=True)[1]
+
+
+def splits(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None,
+           repeats: int = 1) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """`repeats` lists of stratified k-fold splits, shuffled with `seed + r`; grouped (StratifiedGroupKFold) when
+    `groups (n,)` is given, so linked items always share a fold. The same splits serve every feature set of a task."""
     y = np.asarray(y)
     _, counts = np.unique(y, return_counts=True)
     if counts.min() < n_folds:
         raise ValueError(f"a class has {counts.min()} items, fewer than the {n_folds} folds")
-    cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return list(cv.split(np.zeros(len(y)), y))
+    if groups is not None and len(np.unique(groups)) < n_folds:
+        raise ValueError(f"{len(np.unique(groups))} groups, fewer than the {n_folds} folds")
+    out = []
+    for r in range(repeats):
+        if groups is None:
+            cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed + r)
+            out.append(list(cv.split(np.zeros(len(y)), y)))
+        else:
+            cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed + r)
+            out.append(list(cv.split(np.zeros(len(y)), y, groups)))
+    return out
 
 
-def cv_proba(X: np.ndarray, y: np.ndarray, splits, C: float = 1.0, model_factory=None) -> np.ndarray:
-    """Out-of-fold class probabilities `(n, k)` (columns in sorted label order) under the given splits."""
+def cv_proba(X: np.ndarray, y: np.ndarray, folds, C: float = 1.0, model_factory=None,
+             groups: np.ndarray | None = None) -> np.ndarray:
+    """Out-of-fold class probabilities `(n, k)` (columns in sorted label order) under one list of folds.
+    `groups` is passed to the model's `fit` (a tuned baseline's inner grouped search needs it)."""
     X = np.asarray(X)
     if X.dtype.kind in "biuf":  # numeric features; texts (for a bag-of-words factory) pass through as they are
         X = X.astype(np.float64)
@@ -36,12 +79,15 @@ def cv_proba(X: np.ndarray, y: np.ndarray, splits, C: float = 1.0, model_factory
             X = X[:, None]
     classes = np.unique(y)
     proba = np.zeros((len(y), len(classes)))
-    for train, test in splits:
+    for train, test in folds:
         model = model_factory() if model_factory is not None else probe_pipeline(C)
-        model.fit(X[train], y[train])
+        model.fit(X[train], y[train], **({} if groups is None else {"groups": groups[train]}))
         cols = np.searchsorted(classes, model.classes_)
         proba[np.ix_(test, cols)] = model.predict_proba(X[test])
     return proba
+
+
+# ------------------------------------------------------------------------------------------------- AUROC
 
 
 def _pairwise_auroc(is_pos: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -57,23 +103,29 @@ def _pairwise_auroc(is_pos: np.ndarray, scores: np.ndarray, counts: np.ndarray) 
         return ((c_pos @ right) * c_neg).sum(axis=1) / (c_pos.sum(axis=1) * c_neg.sum(axis=1))
 
 
-def auroc(y: np.ndarray, proba: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+def index_counts(index: np.ndarray, n: int) -> np.ndarray:
+    """Item multiplicities `(B, n)` of resampling indices `(B, m)`."""
+    index = np.asarray(index)
+    rows = len(index)
+    return np.bincount((index + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n) * 1.0
+
+
+def auroc(y: np.ndarray, proba: np.ndarray, index: np.ndarray | None = None,
+          counts: np.ndarray | None = None) -> np.ndarray:
     """Macro one-vs-rest AUROC of `proba (n, k)` against labels `y` (k = 2: AUROC of the second column).
 
-    `index (B, n)` evaluates B resamples at once and returns `(B,)`; without it, a scalar.
+    `index (B, n)` (resampling indices) or `counts (B, n)` (item multiplicities) evaluates B resamples at once and
+    returns `(B,)`; without either, a scalar.
     """
     y = np.asarray(y)
     classes = np.unique(y)
     proba = np.asarray(proba, dtype=np.float64)
-    single = index is None
+    single = index is None and counts is None
     n = len(y)
     if single:
         counts = np.ones((1, n))
-    else:
-        index = np.asarray(index)
-        rows = len(index)
-        counts = np.bincount((index + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
-        counts = counts.astype(np.float64)
+    elif counts is None:
+        counts = index_counts(index, n)
     if len(classes) == 2:
         scores = proba[:, 1] if proba.ndim == 2 else proba
         result = _pairwise_auroc(y == classes[1], scores, counts)
@@ -83,9 +135,30 @@ def auroc(y: np.ndarray, proba: np.ndarray, index: np.ndarray | None = None) -> 
     return float(result[0]) if single else result
 
 
+def auroc_many(codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Macro one-vs-rest AUROC for many label vectors at once (rank formula, ties averaged).
+
+    `codes (P, n)` integer labels 0..k-1 (same class counts in every row, e.g. permutations), `scores (P, n, k)`
+    (k = 2: the second column is scored). Returns `(P,)`; equals `auroc` row by row."""
+    codes = np.asarray(codes)
+    k = scores.shape[2]
+    cols = [1] if k == 2 else range(k)
+    out = np.zeros(len(codes))
+    for c in cols:
+        ranks = rankdata(scores[:, :, c], axis=1)
+        pos = codes == c
+        n_pos = pos.sum(axis=1)
+        n_neg = codes.shape[1] - n_pos
+        out += ((ranks * pos).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return out / len(cols)
+
+
 def accuracy(y: np.ndarray, proba: np.ndarray) -> float:
     classes = np.unique(y)
     return float(np.mean(classes[np.argmax(proba, axis=1)] == y))
+
+
+# ------------------------------------------------------------------------------------------------- intervals
 
 
 def bootstrap_index(n: int, n_boot: int, seed: int) -> np.ndarray:
@@ -93,21 +166,64 @@ def bootstrap_index(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def bootstrap_auroc(y, proba, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(AUROC, low, high): percentile interval over stimuli resampled with replacement."""
-    point = auroc(y, proba)
-    values = auroc(y, proba, bootstrap_index(len(y), n_boot, seed))
+def bootstrap_counts(groups: np.ndarray | None, n: int, n_boot: int, seed: int) -> np.ndarray:
+    """`(n_boot, n)` item multiplicities of a bootstrap over groups (a cluster bootstrap: twins are drawn together);
+    without groups, over items."""
+    if groups is None:
+        return index_counts(bootstrap_index(n, n_boot, seed), n)
+    codes = np.unique(groups, return_inverse=True)[1]
+    g = codes.max() + 1
+    drawn = index_counts(bootstrap_index(g, n_boot, seed), g)
+    return drawn[:, codes]
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     values = values[np.isfinite(values)]
     tail = (1 - level) / 2 * 100
-    return point, float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def repeated_auroc(y, probas, n_boot: int = 1000, seed: int = 0, groups=None, level: float = 0.95,
+                   minus=None) -> tuple[float, float, float]:
+    """(AUROC, low, high) of repeated cross-validation: `probas (R, n, k)`, one out-of-fold matrix per repeat.
+
+    The point is the mean over repeats. Each bootstrap resample of stimuli (of groups, when given) is scored with one
+    repeat drawn at random, so the percentile interval carries both stimulus sampling and refit (split) variance.
+    `minus (R, n, k')`: the paired difference AUROC(probas) - AUROC(minus), same resamples and repeats."""
+    probas = np.asarray(probas, dtype=np.float64)
+    counts = bootstrap_counts(groups, len(y), n_boot, seed)
+    pick = np.random.default_rng(seed + 1).integers(0, len(probas), size=n_boot)
+
+    def scored(stack):
+        point = float(np.mean([auroc(y, p) for p in stack]))
+        values = np.empty(n_boot)
+        for r in range(len(stack)):
+            rows = pick == r
+            if rows.any():
+                values[rows] = auroc(y, stack[r], counts=counts[rows])
+        return point, values
+
+    point, values = scored(probas)
+    if minus is not None:
+        other, other_values = scored(np.asarray(minus, dtype=np.float64))
+        point, values = point - other, values - other_values
+    return (point, *_percentiles(values, level))
+
+
+def bootstrap_auroc(y, proba, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                    groups=None) -> tuple[float, float, float]:
+    """(AUROC, low, high): percentile interval over stimuli (groups, when given) resampled with replacement."""
+    return repeated_auroc(y, np.asarray(proba)[None], n_boot, seed, groups, level)
 
 
 def bootstrap_mean(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of per-item values, percentile bootstrap over items."""
     values = np.asarray(values, dtype=np.float64)
     means = values[bootstrap_index(len(values), n_boot, seed)].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+    return (float(values.mean()), *_percentiles(means, level))
+
+
+# ------------------------------------------------------------------------------------------------- nulls
 
 
 def permutation_p(observed: float, null: np.ndarray) -> float:
@@ -116,6 +232,62 @@ def permutation_p(observed: float, null: np.ndarray) -> float:
     return float((1 + np.sum(null >= observed)) / (1 + len(null)))
 
 
-def control_labels(y: np.ndarray, seed: int) -> np.ndarray:
-    """Control task: the labels shuffled once with `seed`, so each stimulus keeps a fixed random label."""
-    return np.random.default_rng(seed).permutation(np.asarray(y))
+def permutations(n: int, n_perm: int, seed: int) -> np.ndarray:
+    """`(n_perm + 1, n)` label orders drawn from `seed`, row 0 the identity (the observed labels)."""
+    rng = np.random.default_rng(seed)
+    return np.vstack([np.arange(n), np.argsort(rng.random((n_perm, n)), axis=1)])
+
+
+def ridge_hats(X: np.ndarray, folds, alpha: float = 1.0, X_test: np.ndarray | None = None):
+    """Per fold `(train, test, H (n_test, n_train))`: ridge predictions on standardized features are `H @ Y_train`
+    (Y centred on the training fold). H depends on X only, so one H serves every permutation of the labels.
+    The penalty is `alpha * trace(K) / n_train` (K the training Gram matrix, ~ alpha * d). `X_test` given: one
+    "fold", fit on all of X and scored on X_test (transfer)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X_test is not None:
+        folds = [(np.arange(len(X)), None)]
+    out = []
+    for train, test in folds:
+        mu, sd = X[train].mean(axis=0), X[train].std(axis=0)
+        sd[sd == 0] = 1.0
+        xtr = (X[train] - mu) / sd
+        xte = ((X[test] if X_test is None else np.asarray(X_test, dtype=np.float64)) - mu) / sd
+        K = xtr @ xtr.T
+        lam = alpha * np.trace(K) / len(train)
+        H = np.linalg.solve(K + lam * np.eye(len(train)), xtr @ xte.T).T
+        out.append((train, test, H))
+    return out
+
+
+def ridge_scores(hats, Y: np.ndarray, n_out: int | None = None) -> np.ndarray:
+    """Out-of-fold ridge scores `(P, n_out, k)` for one-hot labels `Y (P, n, k)` (P label vectors at once)."""
+    P, n, k = Y.shape
+    out = np.zeros((P, n if n_out is None else n_out, k))
+    for train, test, H in hats:
+        ytr = Y[:, train]
+        mean = ytr.mean(axis=1, keepdims=True)
+        flat = (ytr - mean).transpose(1, 0, 2).reshape(len(train), P * k)     # one GEMM for every permutation
+        pred = (H @ flat).reshape(H.shape[0], P, k).transpose(1, 0, 2) + mean
+        if test is None:
+            out[:] = pred
+        else:
+            out[:, test] = pred
+    return out
+
+
+def one_hot(codes: np.ndarray, k: int) -> np.ndarray:
+    """`(..., n) -> (..., n, k)` float one-hot."""
+    return (np.asarray(codes)[..., None] == np.arange(k)).astype(np.float64)
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """BH-adjusted q-values, same shape as `p` (any shape; the family is every entry)."""
+    p = np.asarray(p, dtype=np.float64)
+    flat = p.ravel()
+    order = np.argsort(flat)
+    m = len(flat)
+    ranked = flat[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out.reshape(p.shape)
