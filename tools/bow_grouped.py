@@ -1,6 +1,6 @@
 """The B-vs-N bag-of-words baseline with splits grouped by pair: how much word choice alone tells a vignette from
-its neutral twin when a pair never straddles train and test (the screen's stratified splits let a twin's shared
-nouns leak across folds).
+its neutral twin when a pair never straddles train and test (the split and the cluster bootstrap are
+stats.splits and stats.bootstrap_auroc, as in the screen).
 
     python tools/bow_grouped.py                      # the working tree's stimuli/set_B.jsonl and set_N.jsonl
     python tools/bow_grouped.py --rev HEAD~3         # the sets as committed at a git revision
@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from emotion_circuits import stats
 from emotion_circuits.screen import bow_model
@@ -50,15 +49,10 @@ def grouped_bow(b, n, folds: int, seed: int, n_boot: int) -> dict:
     texts = np.array([s.text for s in b] + [s.text for s in twins], dtype=str)
     y = np.r_[np.ones(len(b), dtype=int), np.zeros(len(b), dtype=int)]
     groups = np.r_[np.arange(len(b)), np.arange(len(b))]
-    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    splits = list(cv.split(texts, y, groups))
-    proba = stats.cv_proba(texts, y, splits, model_factory=bow_model)
+    proba = stats.cv_proba(texts, y, stats.splits(y, folds, seed, groups)[0], model_factory=bow_model)
     point, low, high = stats.bootstrap_auroc(y, proba, n_boot, seed)
-    picks = np.random.default_rng(seed).integers(0, len(b), size=(n_boot, len(b)))
-    boot = stats.auroc(y, proba, index=np.hstack([picks, picks + len(b)]))
-    p_low, p_high = np.nanquantile(boot, [0.025, 0.975])
-    return {"proba": proba[:, 1], "auroc": point, "item": (low, high), "pair": (float(p_low), float(p_high)),
-            "twins": twins}
+    _, p_low, p_high = stats.bootstrap_auroc(y, proba, n_boot, seed, groups=groups)   # both twins drawn together
+    return {"proba": proba[:, 1], "auroc": point, "item": (low, high), "pair": (p_low, p_high), "twins": twins}
 
 
 def top_words(b, twins, k: int) -> tuple[list, list]:
