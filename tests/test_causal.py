@@ -155,7 +155,7 @@ def test_layers_resolved_and_checked():
 def write_params(tmp_path: Path, **sections) -> Path:
     """A params file with two short stimulus sets (2 per emotion), a short prompt and the given sections."""
     for set_name in "AB":
-        lines = [json.dumps(s.__dict__ if s.pair else {k: v for k, v in s.__dict__.items() if k != "pair"})
+        lines = [json.dumps({k: v for k, v in s.__dict__.items() if v is not None})   # optional keys unset: absent
                  for s in stimuli(set_name)]
         (tmp_path / f"set_{set_name}.jsonl").write_text("\n".join(lines) + "\n")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
