@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -48,20 +49,29 @@ def open_page(page: Path, screenshot: Path, expect_views: int, evaluate: tuple[s
               timeout: float = 30.0, width: int = 1280) -> PageReport:
     """Load `page`, wait until `expect_views` vega views rendered (or the page settles short of it, or `timeout`),
     write a full-page screenshot, and return what happened."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    # Chromium's helper processes may still write to the profile as the browser exits: stop the whole process
+    # group, and let a late write not fail the clean-up of the temporary profile.
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             port = _devtools_port(proc, timeout)
             return asyncio.run(asyncio.wait_for(
                 _drive(port, page, screenshot, expect_views, evaluate, timeout, width), timeout + 10))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the browser's process group, SIGKILL it after 10 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
 
 
 def _devtools_port(proc: subprocess.Popen, timeout: float) -> int:
