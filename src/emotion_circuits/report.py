@@ -279,20 +279,31 @@ def geometry_rows(geometry: dict) -> list[tuple]:
 
 
 def attention_rows(attention: dict) -> list[tuple]:
-    """Share of the extraction position's attention on the stimulus text, per set and the difference."""
+    """Attention of the extraction position on the stimulus text per set, as a share and as a ratio to its uniform
+    expectation (1 = no preference; raw shares grow with text length), its peak layer, and the set differences with
+    the number of layers that differ after BH."""
+    sets = sorted(attention.get("sets", {}).items())
     rows = [(f"attention.{name}.text_share", f"Set {name}: attention on the stimulus text (mean over layers, heads)",
-             ci(s["text_share"], "mean", "share")) for name, s in sorted(attention.get("sets", {}).items())]
-    rows += [(f"attention.{name}.text_share_per_token", f"Set {name}: attention on the text per text token",
-              ci(s["text_share_per_token"], "mean", "share", )) for name, s in sorted(attention.get("sets", {}).items())
-             if "text_share_per_token" in s]
+             ci(s["text_share"], "mean", "share")) for name, s in sets]
+    rows += [(f"attention.{name}.text_ratio", f"Set {name}: text share over its uniform expectation (1 = none), "
+              "mean over layers; and at its peak layer", Cell(
+                  f"{ci(s['text_ratio'], 'mean').text}; peak {ci(s['text_ratio_peak'], 'mean').text}, "
+                  f"layer {s['text_ratio_peak']['layer']}",
+                  {**ci(s["text_ratio"], "mean", "ratio").stats, **ci(s["text_ratio_peak"], "mean", "peak").stats,
+                   "layer": s["text_ratio_peak"]["layer"]})) for name, s in sets if "text_ratio" in s]
     if "compare" in attention:
         c = attention["compare"]
         rows.append(("attention.text_share_diff", f"text share, Set {c['set_a']} minus Set {c['set_b']}",
                      ci(c["text_share_diff"], "diff")))
-        if "text_share_per_token_diff" in c:
-            rows.append(("attention.text_share_per_token_diff", f"text share per text token, Set {c['set_a']} "
-                         f"minus Set {c['set_b']} (raw shares are length-confounded)",
-                         ci(c["text_share_per_token_diff"], "diff")))
+        if "text_ratio_diff" in c:
+            r = c["text_ratio_diff"]
+            cell = ci(r, "diff")
+            rows.append(("attention.text_ratio_diff", f"text ratio to uniform, Set {c['set_a']} minus Set "
+                         f"{c['set_b']} (permutation p); layers where {c['set_a']} / {c['set_b']} is higher (BH q < 0.05)",
+                         Cell(f"{cell.text} (p {r['p']:.3g}); layers {c['layers_a_higher_bh']} / "
+                              f"{c['layers_b_higher_bh']}",
+                              {**cell.stats, "p": r["p"], "layers_a_higher": c["layers_a_higher_bh"],
+                               "layers_b_higher": c["layers_b_higher_bh"]})))
     return rows
 
 
