@@ -350,3 +350,36 @@ def test_without_domains_or_items_the_optional_parts_are_skipped(tmp_path, caplo
     bare = run_probes(tmp_path / "m", settings)
     assert "baselines" not in bare.metrics["set_b"] and "ungrouped" not in caplog.text
     assert "B-vs-N splits are not grouped" in caplog.text
+
+
+def test_online_codelength_matches_a_hand_computed_code():
+    """k = 4, n = 80, balanced in transmission order (round robin), block ends at multiples of 4. Features carry no
+    information: every prefix is exactly balanced, so each item costs log2(4) = 2 bits, 160 in all. Features that
+    separate the classes: the first block (8 items) is sent uniformly, 16 bits, the later blocks cost ~0."""
+    y = np.repeat(np.arange(4), 20)
+    fractions = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+    flat = online_codelength(np.ones((80, 3)), y, fractions, 1.0, 0)
+    assert flat["first_block"] == 8 and flat["uniform_bits"] == 160
+    assert flat["codelength_bits"] == pytest.approx(160, abs=0.5) and flat["compression"] == pytest.approx(1, abs=0.01)
+    rng = np.random.default_rng(0)
+    X = 20 * np.eye(4)[y] + rng.normal(0, 0.1, size=(80, 4))
+    sharp = online_codelength(X, y, fractions, 100.0, 0)
+    assert 16 <= sharp["codelength_bits"] < 16 + 2 and sharp["compression"] > 8.5
+
+
+def test_mdl_reports_its_range_over_transmission_orders(separable):
+    """The codelength depends on the order the items are sent in: `mdl_orders` orders, mean inside [min, max],
+    and the range is not a point on data with noise."""
+    root, _ = separable
+    folder = root / "model"
+    base = dict(seed=0, folds=3, repeats=1, n_boot=100, n_perm=0, n_jobs=1, zero_shot_prompt=None, tfidf_C=(1.0,))
+    one = run_probes(folder, ProbeSettings(**base, mdl_orders=1)).metrics["mdl"]
+    three = run_probes(folder, ProbeSettings(**base, mdl_orders=3)).metrics["mdl"]
+    for task, m in three.items():
+        assert m["n_orders"] == 3 and one[task]["n_orders"] == 1
+        assert m["codelength_bits_min"] <= m["codelength_bits"] <= m["codelength_bits_max"]
+        assert m["compression_min"] <= m["compression"] <= m["compression_max"]
+        assert one[task]["codelength_bits_min"] == one[task]["codelength_bits_max"]
+    assert any(m["codelength_bits_max"] - m["codelength_bits_min"] > 0.5 for m in three.values())
+    with pytest.raises(ConfigError, match=r"probes\.mdl_orders"):
+        ProbeSettings(mdl_orders=0)

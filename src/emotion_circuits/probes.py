@@ -53,8 +53,9 @@ DOMAIN_COLUMNS = ["layer", "auroc", "low", "high", "cv_auroc", "n_domains"]
 class ProbeSettings:
     """params.yaml `probes:`. `seed: null` means the top-level `seed`. `repeats` grouped CV repeats (interval with
     refit variance); `n_perm` label permutations of the closed-form ridge null (`ridge_alpha`) at every layer and
-    site; `tfidf_C` the grid tuned inside training folds; `mdl_fractions` the online-code block ends; `n_jobs`
-    workers over (variant, site, layer)."""
+    site; `tfidf_C` the grid tuned inside training folds; `mdl_fractions` the online-code block ends, `mdl_orders`
+    the random transmission orders it is computed over (mean and range); `n_jobs` workers over (variant, site,
+    layer)."""
     seed: int | None = None
     folds: int = 5
     repeats: int = 5
@@ -64,6 +65,7 @@ class ProbeSettings:
     ridge_alpha: float = 1.0
     tfidf_C: tuple[float, ...] = (0.1, 1.0, 10.0)
     mdl_fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+    mdl_orders: int = 3
     n_jobs: int = 2
     saturation: float = 0.999
     prompt: str = "two-shot"
@@ -75,10 +77,12 @@ class ProbeSettings:
                   "n_boot": self.n_boot >= 100, "n_perm": self.n_perm >= 0, "ridge_alpha": self.ridge_alpha > 0,
                   "tfidf_C": len(self.tfidf_C) >= 1 and min(self.tfidf_C) > 0,
                   "mdl_fractions": len(fr) >= 2 and list(fr) == sorted(set(fr)) and 0 < fr[0] and fr[-1] == 1,
+                  "mdl_orders": self.mdl_orders >= 1,
                   "n_jobs": self.n_jobs >= 1 or self.n_jobs == -1, "saturation": 0.5 < self.saturation <= 1}
         rules = {"folds": "at least 2", "repeats": "at least 1", "C": "positive", "n_boot": "at least 100",
                  "n_perm": "0 or more", "ridge_alpha": "positive", "tfidf_C": "a non-empty list of positive numbers",
-                 "mdl_fractions": "increasing fractions in (0, 1] ending at 1", "n_jobs": "a positive integer or -1",
+                 "mdl_fractions": "increasing fractions in (0, 1] ending at 1", "mdl_orders": "at least 1",
+                 "n_jobs": "a positive integer or -1",
                  "saturation": "in (0.5, 1]"}
         for key, ok in checks.items():
             if not ok:
@@ -737,15 +741,23 @@ def _add_nested(metrics, data, tasks, settings, seconds) -> None:
 
 
 def _mdl(data, tasks, curves, settings) -> dict:
-    """MDL online code of each CV task at site h, at that variant's own peak layer."""
+    """MDL online code of each CV task at site h, at that variant's own peak layer, over `mdl_orders` random
+    transmission orders: the codelength depends on the order, so the mean is reported with its range."""
     out = {}
     for name in MDL_TASKS:
         task = tasks[name]
         layer = _peak(curves[name]["h"])
         X = _stack(data, task, "h")[:, layer]
-        out[name] = {"site": "h", "layer": layer,
-                     **online_codelength(X, task.y, settings.mdl_fractions, settings.C,
-                                         settings.seed + SEED_OFFSET["mdl"], task.groups)}
+        runs = [online_codelength(X, task.y, settings.mdl_fractions, settings.C,
+                                  settings.seed + SEED_OFFSET["mdl"] + 1000 * r, task.groups)
+                for r in range(settings.mdl_orders)]
+        bits = np.array([r["codelength_bits"] for r in runs])
+        compression = np.array([r["compression"] for r in runs])
+        out[name] = {"site": "h", "layer": layer, "n_orders": len(runs), "uniform_bits": runs[0]["uniform_bits"],
+                     "first_block": runs[0]["first_block"], "codelength_bits": float(bits.mean()),
+                     "codelength_bits_min": float(bits.min()), "codelength_bits_max": float(bits.max()),
+                     "compression": float(compression.mean()), "compression_min": float(compression.min()),
+                     "compression_max": float(compression.max())}
     return out
 
 
