@@ -412,7 +412,8 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
     if cka:
         with reading(outputs.metrics / "cka.json"):
             summary.tables.append(("Linear CKA between models (site h, matched relative depths)",
-                                   ["model pair", "mean CKA at matched depths", "debiased", "best-aligned layers"],
+                                   ["model pair", "mean CKA at matched depths", "debiased [half-sample 95% CI]",
+                                    "debiased minus the random-init pair [CI]", "best-aligned layers"],
                                    cka_body(cka, summary.flat), ""))
     for m in models:
         probes = outputs.json(f"{m}/probes.json", required=True)
@@ -426,12 +427,27 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
 
 
 def cka_body(cka: dict, flat: dict) -> list[list[str]]:
-    """One row per model pair of the cka stage; its numbers go to `flat` as `cka/<a>__<b>.<name>`."""
+    """One row per model pair of the cka stage; its numbers go to `flat` as `cka/<a>__<b>.<name>`. Debiased CKA with
+    its half-sample interval, and minus the pair of the two models' random-init controls (the reference that can
+    fail) where the run has both."""
     body = []
     for name, p in sorted(cka.get("pairs", {}).items()):
         flat.update({f"cka/{name}.mean_matched": p["mean_matched_cka"],
                      f"cka/{name}.mean_matched_debiased": p["mean_matched_cka_debiased"]})
-        body.append([f"{p['model_a']} vs {p['model_b']}", f"{p['mean_matched_cka']:.3f}",
-                     f"{p['mean_matched_cka_debiased']:.3f}",
+        deb = "mean_matched_cka_debiased"
+        text = f"{p[deb]:.3f}"
+        if f"{deb}_low" in p:
+            text += f" [{p[f'{deb}_low']:.3f}, {p[f'{deb}_high']:.3f}]"
+            flat.update({f"cka/{name}.mean_matched_debiased_low": p[f"{deb}_low"],
+                         f"cka/{name}.mean_matched_debiased_high": p[f"{deb}_high"]})
+        ref = "mean_matched_debiased_minus_reference"
+        versus = "—"
+        if ref in p:
+            versus = f"{p[ref]:.3f} [{p[f'{ref}_low']:.3f}, {p[f'{ref}_high']:.3f}] (pair {p['mean_matched_reference_debiased']:.3f})"
+            flat.update({f"cka/{name}.debiased_minus_random_init": p[ref],
+                         f"cka/{name}.debiased_minus_random_init_low": p[f"{ref}_low"],
+                         f"cka/{name}.debiased_minus_random_init_high": p[f"{ref}_high"],
+                         f"cka/{name}.random_init_pair_debiased": p["mean_matched_reference_debiased"]})
+        body.append([f"{p['model_a']} vs {p['model_b']}", f"{p['mean_matched_cka']:.3f}", text, versus,
                      f"{p['best_layer_a']} and {p['best_layer_b']} (CKA {p['best_cka']:.3f})"])
     return body
