@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     for model in models:
         reference = loaded[models[0]]["files"] if loaded else None
         loaded[model] = load_model(root, model, settings, reference)
-        log.info("%s: %d stimuli, %d layers", model, loaded[model]["n"], loaded[model]["n_layers"])
+        log.info("%s: %s stimuli, %d layers", model, loaded[model]["n"], loaded[model]["n_layers"])
     # one set of half-samples per set, shared by every pair: differences between pairs are paired
     halves = {name: geo.half_samples(loaded[models[0]]["n"][name], settings.n_boot, params.seed + 7 + k)
               for k, name in enumerate(settings.sets)}
