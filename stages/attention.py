@@ -1,8 +1,10 @@
 """dvc stage `attention` (one model): where the extraction position attends, per layer and head: stimulus text,
-template, first token (sink) and, using the stimuli lexicon, emotion words; text share compared between two sets.
+template, first token (sink) and, using the stimuli lexicon, emotion words, each as a share and as a ratio to its
+uniform expectation (1 = no preference); the text ratio compared between two sets.
 
 Writes metrics/<model>/attention.json, plots/<model>/attention.csv (set, layer, head) and
-plots/<model>/attention_sets.csv (layer: text share of each compared set, difference and its bootstrap interval).
+plots/<model>/attention_sets.csv (layer: text share and text ratio of each compared set, the ratio difference with
+its bootstrap interval, permutation p and BH q over layers).
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ def head_rows(name: str, sh: dict) -> list[dict]:
             row = {"set": name, "layer": layer, "head": head}
             for key in ("text", "sink", "template"):
                 row[f"{key}_share"] = sh[key][:, layer, head].mean()
+                row[f"{key}_ratio"] = sh[f"{key}_ratio"][:, layer, head].mean()
             if has.any():
                 row["emotion_word_share"] = sh["emotion_word"][has, layer, head].mean()
                 row["emotion_word_uniform"] = sh["emotion_word_uniform"][has, layer, head].mean()
+                row["emotion_word_ratio"] = sh["emotion_word_ratio"][has, layer, head].mean()
             rows.append(row)
     return rows
 
@@ -49,9 +53,9 @@ def main(argv=None) -> None:
     settings = params.section("attention", att.AttentionSettings)
     lexicon = att.load_lexicon(settings.lexicon)
     metrics = {"prompt": settings.prompt, "lexicon_entries": len(lexicon), "sets": {}}
-    rows, per_stimulus, per_token = [], {}, {}
-    columns = ["set", "layer", "head", "text_share", "sink_share", "template_share", "emotion_word_share",
-               "emotion_word_uniform"]
+    rows, per_stimulus, ratio = [], {}, {}
+    columns = ["set", "layer", "head", "text_share", "sink_share", "template_share", "text_ratio", "sink_ratio",
+               "template_ratio", "emotion_word_share", "emotion_word_uniform", "emotion_word_ratio"]
     for name in settings.sets:
         data = att.read_attention(Path(args.activations) / args.model / settings.prompt / f"{name}.npz")
         mask = att.emotion_word_mask(data["tokens"], data["text_start"], data["text_end"], lexicon)
@@ -64,28 +68,36 @@ def main(argv=None) -> None:
         rows += head_rows(name, sh)
         text = sh["text"].mean(axis=2)                                            # (n, L): mean over heads
         per_stimulus[name] = np.column_stack([text, text.mean(axis=1)])           # last column: mean over layers
-        per_token[name] = per_stimulus[name] / np.maximum(n_text, 1)[:, None]     # share per text token
-        log.info("%s set %s: text share %.3f, sink %.3f, emotion words in %s stimuli", args.model, name,
-                 metrics["sets"][name]["text_share"]["mean"], metrics["sets"][name]["sink_share"]["mean"],
-                 metrics["sets"][name].get("stimuli_with_emotion_words", 0))
+        r = sh["text_ratio"].mean(axis=2)                                         # (n, L) ratio to uniform
+        ratio[name] = np.column_stack([r, r.mean(axis=1)])
+        summary = metrics["sets"][name]
+        log.info("%s set %s: text share %.3f, text ratio %.2f (peak %.2f at layer %d), sink %.3f, emotion words in "
+                 "%s stimuli", args.model, name, summary["text_share"]["mean"], summary["text_ratio"]["mean"],
+                 summary["text_ratio_peak"]["mean"], summary["text_ratio_peak"]["layer"], summary["sink_share"]["mean"],
+                 summary.get("stimuli_with_emotion_words", 0))
     sa, sb = settings.compare
     diff = att.compare_sets(per_stimulus[sa], per_stimulus[sb], settings.n_boot, params.seed)
-    tok = att.compare_sets(per_token[sa], per_token[sb], settings.n_boot, params.seed)
+    # significance over layers only (the last column, the mean over layers, is the headline and tested on its own)
+    by_layer = att.compare_sets(ratio[sa][:, :-1], ratio[sb][:, :-1], settings.n_boot, params.seed,
+                                n_perm=settings.n_perm)
+    overall = att.compare_sets(ratio[sa][:, -1:], ratio[sb][:, -1:], settings.n_boot, params.seed,
+                               n_perm=settings.n_perm)
     n_layers = per_stimulus[sa].shape[1] - 1
     layer_rows = [{"layer": l, "depth": (l + 1) / n_layers, "set_a": sa, "set_b": sb,
                    "text_share_a": per_stimulus[sa][:, l].mean(), "text_share_b": per_stimulus[sb][:, l].mean(),
-                   "diff": diff["diff"][l], "low": diff["low"][l], "high": diff["high"][l],
-                   "per_token_a": per_token[sa][:, l].mean(), "per_token_b": per_token[sb][:, l].mean(),
-                   "per_token_diff": tok["diff"][l], "per_token_low": tok["low"][l], "per_token_high": tok["high"][l]}
+                   "text_ratio_a": ratio[sa][:, l].mean(), "text_ratio_b": ratio[sb][:, l].mean(),
+                   "ratio_diff": by_layer["diff"][l], "ratio_low": by_layer["low"][l],
+                   "ratio_high": by_layer["high"][l], "p": by_layer["p"][l], "q_bh": by_layer["q_bh"][l]}
                   for l in range(n_layers)]
+    significant = by_layer["q_bh"] < 0.05
     metrics["compare"] = {
         "set_a": sa, "set_b": sb,
         "text_share_diff": {k: diff[k][-1] for k in ("diff", "low", "high")},
-        "text_share_per_token_diff": {k: tok[k][-1] for k in ("diff", "low", "high")},
-        "layers_a_higher_per_token": int(np.sum(tok["low"][:-1] > 0)),
-        "layers_b_higher_per_token": int(np.sum(tok["high"][:-1] < 0)),
-        "layers_a_higher": int(np.sum(diff["low"][:-1] > 0)), "layers_b_higher": int(np.sum(diff["high"][:-1] < 0)),
-        "max_abs_diff_layer": int(np.argmax(np.abs(diff["diff"][:-1])))}
+        "text_ratio_diff": {**{k: overall[k][0] for k in ("diff", "low", "high")}, "p": overall["p"][0]},
+        "layers_a_higher_bh": int(np.sum(significant & (by_layer["diff"] > 0))),
+        "layers_b_higher_bh": int(np.sum(significant & (by_layer["diff"] < 0))),
+        "max_abs_ratio_diff_layer": int(np.argmax(np.abs(by_layer["diff"]))),
+        "max_abs_ratio_diff_p_max": by_layer["p_max"]}
     plots = Path(args.plots) / args.model
     write_csv(plots / "attention.csv", rows, columns)
     write_csv(plots / "attention_sets.csv", layer_rows)

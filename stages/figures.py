@@ -77,8 +77,8 @@ def figure_jobs(outputs: report.Outputs, params) -> list:
                  if (a in models and b in models) or random_init_of(params, a) == b]
         jobs += [("cka_models", lambda: F.cka_models(cka, present)), ("cka_depths", lambda: F.cka_depths(cka, pairs))]
     layers = {m: f for m in models if (f := outputs.csv(f"{m}/attention_sets.csv",
-                                                        ("depth", "text_share_a", "text_share_b", "diff", "low",
-                                                         "high"), why=f"{m} in the attention figure")) is not None}
+                                                        ("depth", "text_ratio_a", "text_ratio_b", "ratio_diff",
+                                                         "ratio_low", "ratio_high", "q_bh"), why=f"{m} in the attention figure")) is not None}
     if layers:
         jobs.append(("attention_text_share", lambda: F.attention_sets(layers)))
     for name, rel, columns, plot in INTERVENTIONS:

@@ -44,6 +44,10 @@ def test_shares_on_a_hand_built_example():
     np.testing.assert_allclose(sh["text"] + sh["sink"] + sh["template"], 1.0)
     np.testing.assert_allclose(sh["emotion_word"][0, 0], [0.1, 0.3])           # slot 5 is beyond the text span
     np.testing.assert_allclose(sh["emotion_word_uniform"][0, 0], [0.15, 0.3])  # 1 of 2 text tokens
+    np.testing.assert_allclose(sh["text_ratio"][0, 0], [0.3 / (2 / 5), 0.6 / (2 / 5)])   # 2 of 5 prompt tokens
+    np.testing.assert_allclose(sh["sink_ratio"][0, 0], [0.5 * 5, 0.0])
+    np.testing.assert_allclose(sh["template_ratio"][0, 0], [0.2 / (2 / 5), 0.4 / (2 / 5)])
+    np.testing.assert_allclose(sh["emotion_word_ratio"][0, 0], [0.1 * 5, 0.3 * 5])  # 1 emotion-word token of 5
 
 
 def test_emotion_words_found_by_word_start_across_tokenizers(tmp_path):
@@ -159,23 +163,70 @@ def test_attention_stage_compares_sets(tmp_path):
     ew = metrics["sets"]["A"]["emotion_word_share"]                             # 2 of 5 text tokens: "furious"
     assert ew["mean"] == pytest.approx(0.24, abs=1e-6) and ew["enrichment"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["sets"]["A"]["top_emotion_word_heads"]["top1"]["emotion_word_share"] == pytest.approx(0.24, abs=1e-6)
+    assert metrics["sets"]["A"]["text_ratio"]["mean"] == pytest.approx(0.6 / (5 / 11), abs=1e-5)   # 5 of 11 tokens
+    assert metrics["sets"]["B"]["emotion_word_ratio"]["mean"] == pytest.approx(0.12 / (2 / 11), abs=1e-5)
     compare = metrics["compare"]
-    assert compare["text_share_diff"]["diff"] == pytest.approx(0.3, abs=1e-6) and compare["layers_a_higher"] == 3
+    assert compare["text_share_diff"]["diff"] == pytest.approx(0.3, abs=1e-6)
+    assert compare["text_ratio_diff"]["diff"] == pytest.approx(0.3 * 11 / 5, abs=1e-5)
+    assert compare["layers_a_higher_bh"] == 3 and compare["layers_b_higher_bh"] == 0
     rows = (tmp_path / "plots" / "m1" / "attention.csv").read_text().splitlines()
-    assert rows[0] == "set,layer,head,text_share,sink_share,template_share,emotion_word_share,emotion_word_uniform"
+    assert rows[0] == ("set,layer,head,text_share,sink_share,template_share,text_ratio,sink_ratio,template_ratio,"
+                       "emotion_word_share,emotion_word_uniform,emotion_word_ratio")
     assert len(rows) == 1 + 2 * 3 * 2
     layers = (tmp_path / "plots" / "m1" / "attention_sets.csv").read_text().splitlines()
-    assert layers[0] == ("layer,depth,set_a,set_b,text_share_a,text_share_b,diff,low,high,per_token_a,per_token_b,"
-                         "per_token_diff,per_token_low,per_token_high") and len(layers) == 4
+    assert layers[0] == ("layer,depth,set_a,set_b,text_share_a,text_share_b,text_ratio_a,text_ratio_b,ratio_diff,"
+                         "ratio_low,ratio_high,p,q_bh") and len(layers) == 4
 
 
-def test_per_token_share_reverses_a_length_confounded_raw_difference():
-    """Short texts with more attention per token but less in total: raw A - B < 0, per token > 0."""
-    n, L, H = 30, 2, 2
-    sh_a = {k: np.full((n, L, H), v) for k, v in (("text", 0.2), ("sink", 0.5), ("template", 0.3))}
-    sh_b = {k: np.full((n, L, H), v) for k, v in (("text", 0.4), ("sink", 0.4), ("template", 0.2))}
-    a = att.summarize_set(sh_a, np.full(n, 5), 200, 0)
-    b = att.summarize_set(sh_b, np.full(n, 20), 200, 0)
-    assert a["text_share"]["mean"] < b["text_share"]["mean"]
-    assert a["text_share_per_token"]["mean"] == pytest.approx(0.04)
-    assert a["text_share_per_token"]["low"] > b["text_share_per_token"]["high"]
+def prompts(n: int, n_text: int, n_template: int, L: int, H: int, rng=None):
+    """`n` prompts of sink + text + template tokens; uniform attention, or a softmax of i.i.d. random logits (no
+    token preferred in expectation) when `rng` is given. Returns attention (n, L, H, T), n_tokens, start, end."""
+    T = 1 + n_text + n_template
+    if rng is None:
+        attention = np.full((n, L, H, T), 1.0 / T)
+    else:
+        logits = rng.normal(0, 1.5, size=(n, L, H, T))
+        attention = np.exp(logits) / np.exp(logits).sum(axis=3, keepdims=True)
+    return attention, np.full(n, T), np.full(n, 1), np.full(n, 1 + n_text)
+
+
+def test_uniform_attention_gives_ratio_one_for_any_text_length():
+    for n_text in (30, 90):
+        sh = att.shares(*prompts(4, n_text, 20, 2, 3))
+        for span in ("text", "sink", "template"):
+            np.testing.assert_allclose(sh[f"{span}_ratio"], 1.0, rtol=1e-12)
+        summary = att.summarize_set(sh, np.full(4, n_text), 200, 0)
+        assert summary["text_ratio"]["mean"] == pytest.approx(1.0, rel=1e-12)
+        assert summary["text_ratio_peak"]["mean"] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_ratio_compares_text_lengths_where_the_per_token_share_does_not():
+    """Attention with no preference, texts of 30 vs 90 tokens: the old per-token share (text share / n_text) favours
+    the short texts with a disjoint interval; the ratio to uniform does not differ (interval covers 0, p large)."""
+    rng = np.random.default_rng(0)
+    short, long = att.shares(*prompts(60, 30, 20, 4, 2, rng)), att.shares(*prompts(60, 90, 20, 4, 2, rng))
+    per_token = att.compare_sets(short["text"].mean(axis=2) / 30, long["text"].mean(axis=2) / 90, 500, 0)
+    assert (per_token["low"] > 0).all()                                   # the artifact: short texts "score higher"
+    ratio = att.compare_sets(short["text_ratio"].mean(axis=2), long["text_ratio"].mean(axis=2), 500, 0, n_perm=199)
+    assert ((ratio["low"] < 0) & (ratio["high"] > 0)).all() and (ratio["q_bh"] > 0.05).all()
+    np.testing.assert_allclose(short["text_ratio"].mean(axis=(0, 2)), 1.0, atol=0.05)
+    np.testing.assert_allclose(long["text_ratio"].mean(axis=(0, 2)), 1.0, atol=0.05)
+
+
+def test_layer_counts_are_corrected_over_layers():
+    """30 layers, no set difference anywhere, 60 simulated data sets: counting layers with uncorrected p < 0.05 finds
+    one in most data sets; BH (and the max-statistic p of the largest difference) in about 5%. With a difference
+    planted in 5 layers, BH finds them."""
+    rng = np.random.default_rng(1)
+    uncorrected = corrected = max_stat = 0
+    for d in range(60):
+        a, b = rng.normal(size=(40, 30)), rng.normal(size=(40, 30))
+        out = att.compare_sets(a, b, 100, d, n_perm=199)
+        uncorrected += (out["p"] < 0.05).any()
+        corrected += (out["q_bh"] < 0.05).any()
+        max_stat += out["p_max"] < 0.05
+    assert uncorrected / 60 > 0.6 and corrected / 60 <= 0.12 and max_stat / 60 <= 0.12
+    a = rng.normal(size=(40, 30))
+    a[:, :5] += 1.5
+    out = att.compare_sets(a, rng.normal(size=(40, 30)), 100, 0, n_perm=199)
+    assert (out["q_bh"][:5] < 0.05).all() and (out["q_bh"][5:] >= 0.05).sum() >= 23 and out["p_max"] < 0.01

@@ -268,9 +268,77 @@ def test_cka_stage_finds_the_rotated_copy(project):
         per_set = pair["sets"][name]
         assert per_set["matched_is_best_fraction"] == 1.0 and per_set["n_depths_above_null_bh"] == 4
         assert per_set["mean_matched_null_p95"] < 0.5
+    assert pair["mean_matched_cka_debiased_low"] > 0.99 and "reference" not in pair   # no random-init pair in run
     rows = (project / "plots" / "cka.csv").read_text().splitlines()
     assert rows[0] == ("set,model_a,model_b,depth_a,depth_b,layer_a,layer_b,cka,cka_debiased,cka_low,cka_high,"
-                       "null_p95,p,q_bh") and len(rows) == 1 + 2 * 16
+                       "null_p95,p,q_bh,cka_debiased_low,cka_debiased_high,reference_debiased,"
+                       "debiased_minus_reference,minus_reference_low,minus_reference_high") and len(rows) == 1 + 2 * 16
+
+
+def test_debiased_cka_half_sample_interval_covers_zero_where_a_bootstrap_does_not():
+    """Independent representations (d >> n), 20 data sets: debiased CKA ~0 and its half-sample interval covers 0;
+    a with-replacement bootstrap duplicates stimuli, which align in both models, and its interval never covers 0.
+    Identical up to rotation: 1 with an interval at 1."""
+    rng = np.random.default_rng(0)
+    n, d = 96, 300
+    halves = geo.half_samples(n, 100, seed=1)
+    assert halves.shape == (100, 48) and all(len(set(h)) == 48 for h in halves)
+    half_covers = boot_covers = 0
+    for _ in range(20):
+        K, L = geo.gram(rng.normal(size=(n, d)), True), geo.gram(rng.normal(size=(n, d)), True)
+        point = geo.cka_from_grams(K, L, debiased=True)
+        assert abs(point) < 0.05
+        low, high = geo.half_interval(point, geo.debiased_half_draws(K, L, halves))
+        half_covers += low <= 0 <= high
+        boot = geo.debiased_half_draws(K, L, rng.integers(0, n, size=(100, n)))      # rows with replacement
+        boot_covers += np.percentile(boot, 2.5) <= 0 <= np.percentile(boot, 97.5)
+    assert half_covers >= 18 and boot_covers == 0
+    X = rng.normal(size=(n, 20))
+    Q, _ = np.linalg.qr(rng.normal(size=(20, 20)))
+    K, L = geo.gram(X), geo.gram(X @ Q)
+    point = geo.cka_from_grams(K, L, debiased=True)
+    low, high = geo.half_interval(point, geo.debiased_half_draws(K, L, halves))
+    assert point == pytest.approx(1.0) and low > 0.999 and high < 1.001
+
+
+def test_cka_is_compared_with_the_random_init_pair(tmp_path):
+    """Every model carries the same text-driven component (as random-init models reading the same texts do) in half
+    its features, rotated; the other half is the model's own noise, except in m1 and m2, which share an emotion
+    component there. m1/m2 exceed their random-init pair (interval above 0); m1/m3 share only the text half: their
+    CKA beats the shuffled-rows null, but not the random-init pair. Differences are paired (same half-samples)."""
+    rng = np.random.default_rng(3)
+    params = PARAMS.replace("  m1-random-init: {source: random-init, base: m1}\n",
+                            "  m1-random-init: {source: random-init, base: m1}\n"
+                            "  m2-random-init: {source: random-init, base: m2}\n"
+                            "  m3: {source: hf, hf_id: x/m3}\n"
+                            "  m3-random-init: {source: random-init, base: m3}\n")
+    params = params.replace("run: {models: [m1, m2]", "run: {models: [m1, m2, m3, m1-random-init, m2-random-init, "
+                                                      "m3-random-init]")
+    (tmp_path / "params.yaml").write_text(params.replace("cka: {n_depths: 4}", "cka: {n_depths: 3, n_perm: 39, "
+                                                                                "n_boot: 100}"))
+    n, d = 96, 8
+
+    def rotated(x):
+        return x @ np.linalg.qr(rng.normal(size=(d, d)))[0]
+
+    for name in ("A", "B"):
+        text, emotion = rng.normal(size=(n, 3, d)), rng.normal(size=(n, 3, d))
+        ids = [f"{name.lower()}-{i:03d}" for i in range(n)]
+        for model in ("m1", "m2", "m3", "m1-random-init", "m2-random-init", "m3-random-init"):
+            other = emotion if model in ("m1", "m2") else rng.normal(size=(n, 3, d))
+            h = np.concatenate([rotated(text), rotated(other)], axis=2) + 0.3 * rng.normal(size=(n, 3, 2 * d))
+            write_set(tmp_path / "act" / model / "two-shot" / f"{name}.npz", h, labels(), ids)
+    run("cka", tmp_path)
+    pairs = json.loads((tmp_path / "metrics" / "cka.json").read_text())["pairs"]
+    trained, text_only = pairs["m1__m2"], pairs["m1__m3"]
+    assert trained["reference"] == "m1-random-init__m2-random-init"
+    assert trained["mean_matched_reference_debiased"] > 0.1                  # the reference is far from 0
+    assert trained["mean_matched_debiased_minus_reference_low"] > 0.05
+    assert text_only["sets"]["A"]["n_depths_above_null_bh"] == 3              # beats the shuffled-rows null ...
+    assert (text_only["mean_matched_debiased_minus_reference_low"] < 0
+            < text_only["mean_matched_debiased_minus_reference_high"])       # ... but not the random-init pair
+    assert "reference" not in pairs["m1__m1-random-init"]
+    assert pairs["m1__m2"]["mean_matched_cka_debiased_low"] <= pairs["m1__m2"]["mean_matched_cka_debiased"]
 
 
 def test_per_set_cka_is_not_fooled_by_a_set_difference_that_concatenation_measures():

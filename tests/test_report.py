@@ -252,6 +252,10 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
             "geometry.B.silhouette.p": geometry["B"]["silhouette_p"],
             "geometry.A.wheel.spearman": geometry["A"]["wheel_spearman"],
             "attention.text_share_diff.diff_low": attention["compare"]["text_share_diff"]["low"],
+            "attention.A.text_ratio.peak": attention["sets"]["A"]["text_ratio_peak"]["mean"],
+            "attention.B.text_ratio.ratio_high": attention["sets"]["B"]["text_ratio"]["high"],
+            "attention.text_ratio_diff.p": attention["compare"]["text_ratio_diff"]["p"],
+            "attention.text_ratio_diff.layers_a_higher": attention["compare"]["layers_a_higher_bh"],
         }
         patching = json.loads((metrics / model / "patching.json").read_text())
         knockout = json.loads((metrics / model / "knockout.json").read_text())
@@ -295,6 +299,9 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
     assert flat["text_only/b_vs_n.length.auroc"] == STIMULI["baselines"]["b_vs_n"]["length"]["auroc"]
     pair = json.loads((metrics / "cka.json").read_text())["pairs"]["tiny-llama__tiny-gemma"]
     assert flat["cka/tiny-llama__tiny-gemma.mean_matched_debiased"] == pair["mean_matched_cka_debiased"]
+    assert flat["cka/tiny-llama__tiny-gemma.mean_matched_debiased_low"] == pair["mean_matched_cka_debiased_low"]
+    assert flat["cka/tiny-llama__tiny-gemma.debiased_minus_random_init_high"] == (
+        pair["mean_matched_debiased_minus_reference_high"])
     assert all(isinstance(v, (int, float)) or v is None for v in flat.values())
 
 

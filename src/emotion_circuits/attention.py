@@ -1,5 +1,8 @@
 """Where the extraction position looks: per layer and head, the share of its attention on the stimulus text, on
 the template, on the first token (an attention sink, reported apart), and on emotion words the stimuli lexicon finds.
+Each share is also reported as a ratio to its uniform expectation, share / (span tokens / attended tokens): 1 when
+attention is spread evenly over the prompt whatever the span's length, so texts of different lengths compare fairly
+(a raw share grows with the span's length, a share per span token shrinks with it).
 
 The stored attention is `(n_stimuli, n_layers, n_heads, max_tokens)`, prompt order, left padding removed, zero
 beyond `n_tokens`; `text_start`/`text_end` give the stimulus span. Token 0, the sink, is counted in neither the
@@ -16,7 +19,7 @@ import yaml
 
 from .config import ConfigError
 from .io import DataError, load_npz
-from .stats import bootstrap_index, bootstrap_mean
+from .stats import benjamini_hochberg, bootstrap_index, bootstrap_mean
 
 REQUIRED = ("attention", "tokens", "n_tokens", "text_start", "text_end", "ids", "emotions")
 SPACE_MARKERS = ("Ġ", "▁", "Ċ", "ĉ")       # byte-level BPE space / newline / tab, SentencePiece space
@@ -34,6 +37,7 @@ class AttentionSettings:
     compare: tuple[str, ...] = ("A", "B")
     lexicon: str = "stimuli/lexicon.yaml"
     n_boot: int = 1000
+    n_perm: int = 1000
     top_heads: int = 5
 
     def __post_init__(self):
@@ -42,6 +46,8 @@ class AttentionSettings:
                               f"{list(self.sets)}")
         if self.n_boot < 100:
             raise ConfigError(f"params.yaml: attention.n_boot: {self.n_boot} is too few (at least 100)")
+        if self.n_perm < 99:
+            raise ConfigError(f"params.yaml: attention.n_perm: {self.n_perm} is too few (at least 99)")
         if self.top_heads < 1:
             raise ConfigError(f"params.yaml: attention.top_heads: {self.top_heads} < 1")
 
@@ -158,52 +164,83 @@ def emotion_word_mask(tokens: np.ndarray, text_start: np.ndarray, text_end: np.n
 def shares(attention: np.ndarray, n_tokens: np.ndarray, text_start: np.ndarray, text_end: np.ndarray,
            word_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Attention shares `(n, L, H)` of `attention (n, L, H, T)`: `text` (stimulus span, token 0 excluded), `sink`
-    (token 0), `template` (every other prompt token), and `emotion_word` (tokens of `word_mask (n, T)`)."""
+    (token 0), `template` (every other prompt token), and `emotion_word` (tokens of `word_mask (n, T)`).
+
+    `<span>_ratio` is the share over its uniform expectation, n_span / n_tokens (the extraction position attends to
+    the whole prompt), so 1 means no preference; NaN for a stimulus without tokens in the span (no emotion word).
+    `emotion_word_uniform` is what the emotion words would get if the text's attention were spread evenly over it."""
     T = attention.shape[3]
     t = np.arange(T)[None, :]
     prompt = t < n_tokens[:, None]
     sink = (t == 0) & prompt
     text = (t >= text_start[:, None]) & (t < text_end[:, None]) & ~sink
     template = prompt & ~text & ~sink
-    out = {name: np.einsum("ilht,it->ilh", attention, m.astype(np.float64))
-           for name, m in (("text", text), ("sink", sink), ("template", template))}
+    masks = {"text": text, "sink": sink, "template": template}
     if word_mask is not None:
-        out["emotion_word"] = np.einsum("ilht,it->ilh", attention, (word_mask & text).astype(np.float64))
-        # what the emotion words would get if the text's attention were spread evenly over its tokens
-        frac = (word_mask & text).sum(axis=1) / np.maximum(text.sum(axis=1), 1)
+        masks["emotion_word"] = word_mask & text
+    out = {}
+    for name, m in masks.items():
+        out[name] = np.einsum("ilht,it->ilh", attention, m.astype(np.float64))
+        expected = m.sum(axis=1) / n_tokens                                      # (n,) uniform share of the span
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{name}_ratio"] = np.where(expected[:, None, None] > 0, out[name] / expected[:, None, None], np.nan)
+    if word_mask is not None:
+        frac = masks["emotion_word"].sum(axis=1) / np.maximum(text.sum(axis=1), 1)
         out["emotion_word_uniform"] = out["text"] * frac[:, None, None]
     return out
 
 
-def compare_sets(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> dict[str, np.ndarray]:
+def compare_sets(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, level: float = 0.95,
+                 n_perm: int = 0) -> dict[str, np.ndarray]:
     """Mean of per-stimulus values `a (n_a, L)` minus `b (n_b, L)` per column, with a percentile interval from
-    resampling the stimuli of each set independently (the same resamples for every column)."""
+    resampling the stimuli of each set independently (the same resamples for every column). With `n_perm`, also a
+    two-sided permutation p per column (set labels shuffled over the pooled stimuli, the same shuffles for every
+    column), its Benjamini-Hochberg q over the columns, and `p_max`: the p of the largest |difference| against the
+    max over columns of the shuffled |differences| (the family-wise p of the column one would report as the best)."""
     ia, ib = bootstrap_index(len(a), n_boot, seed), bootstrap_index(len(b), n_boot, seed + 1)
     diffs = a[ia].mean(axis=1) - b[ib].mean(axis=1)                               # (n_boot, L)
     tail = (1 - level) / 2 * 100
-    return {"diff": a.mean(axis=0) - b.mean(axis=0), "low": np.percentile(diffs, tail, axis=0),
-            "high": np.percentile(diffs, 100 - tail, axis=0)}
+    diff = a.mean(axis=0) - b.mean(axis=0)
+    out = {"diff": diff, "low": np.percentile(diffs, tail, axis=0), "high": np.percentile(diffs, 100 - tail, axis=0)}
+    if n_perm:
+        pooled, na = np.vstack([a, b]), len(a)
+        rng = np.random.default_rng(seed + 2)
+        null = np.empty((n_perm, a.shape[1]))
+        for r in range(n_perm):
+            order = rng.permutation(len(pooled))
+            null[r] = pooled[order[:na]].mean(axis=0) - pooled[order[na:]].mean(axis=0)
+        observed, null = np.abs(diff), np.abs(null)
+        out["p"] = (1 + (null >= observed).sum(axis=0)) / (1 + n_perm)
+        out["q_bh"] = benjamini_hochberg(out["p"])
+        out["p_max"] = float((1 + (null.max(axis=1) >= observed.max()).sum()) / (1 + n_perm))
+    return out
+
+
+def _ci(values: np.ndarray, n_boot: int, seed: int) -> dict:
+    mean, low, high = bootstrap_mean(values, n_boot, seed)
+    return {"mean": mean, "low": low, "high": high}
 
 
 def summarize_set(sh: dict[str, np.ndarray], n_text: np.ndarray, n_boot: int, seed: int) -> dict:
-    """Headline numbers of one set: shares averaged over stimuli, layers and heads, each with a bootstrap interval
-    over stimuli, the text share per text token beside the raw one (raw shares are length-confounded), and the
-    emotion-word share against its even-spread expectation when the lexicon was applied."""
+    """Headline numbers of one set: shares and their ratios to the uniform expectation (`<span>_ratio`, 1 = no
+    preference), averaged over stimuli, layers and heads, each with a bootstrap interval over stimuli; the text ratio
+    at its peak layer (mean over heads); and the emotion-word share against the text's even spread (`enrichment`) and
+    against the whole prompt's (`ratio`) over the stimuli that contain an emotion word."""
     out = {"n_stimuli": len(n_text), "text_tokens_mean": float(n_text.mean())}
     for name in ("text", "sink", "template"):
-        mean, low, high = bootstrap_mean(sh[name].mean(axis=(1, 2)), n_boot, seed)
-        out[f"{name}_share"] = {"mean": mean, "low": low, "high": high}
-    # raw text share grows with the number of text tokens; per token it compares sets of different lengths
-    mean, low, high = bootstrap_mean(sh["text"].mean(axis=(1, 2)) / np.maximum(n_text, 1), n_boot, seed)
-    out["text_share_per_token"] = {"mean": mean, "low": low, "high": high}
+        out[f"{name}_share"] = _ci(sh[name].mean(axis=(1, 2)), n_boot, seed)
+        out[f"{name}_ratio"] = _ci(sh[f"{name}_ratio"].mean(axis=(1, 2)), n_boot, seed)
+    by_layer = sh["text_ratio"].mean(axis=2)                                      # (n, L)
+    peak = int(np.argmax(by_layer.mean(axis=0)))
+    out["text_ratio_peak"] = {"layer": peak, **_ci(by_layer[:, peak], n_boot, seed)}
     if "emotion_word" in sh:
         has = sh["emotion_word_uniform"].sum(axis=(1, 2)) > 0
         out["stimuli_with_emotion_words"] = int(has.sum())
         if has.any():
             ew, uni = sh["emotion_word"][has].mean(axis=(1, 2)), sh["emotion_word_uniform"][has].mean(axis=(1, 2))
-            mean, low, high = bootstrap_mean(ew, n_boot, seed)
-            out["emotion_word_share"] = {"mean": mean, "low": low, "high": high, "uniform": float(uni.mean()),
+            out["emotion_word_share"] = {**_ci(ew, n_boot, seed), "uniform": float(uni.mean()),
                                          "enrichment": float(ew.mean() / uni.mean()) if uni.mean() > 0 else None}
+            out["emotion_word_ratio"] = _ci(sh["emotion_word_ratio"][has].mean(axis=(1, 2)), n_boot, seed)
     return out
 
 

@@ -306,8 +306,9 @@ def cka_depths(cka: pd.DataFrame, pairs: list[tuple[str, str]]) -> Figure:
 
 @styled
 def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
-    """Share of the extraction position's attention on the stimulus text by depth (mean over heads and stimuli),
-    two sets per model (top), and their difference with its 95% bootstrap interval (bottom)."""
+    """Attention of the extraction position on the stimulus text over its uniform expectation (1 = no preference) by
+    depth (mean over heads and stimuli), two sets per model (top), and their difference with its 95% bootstrap
+    interval, layers with BH q < 0.05 marked (bottom)."""
     n = len(layers)
     fig = Figure(figsize=(COLUMN if n == 1 else WIDE, 4.2))
     axes = fig.subplots(2, n, squeeze=False, sharex=True)
@@ -315,22 +316,26 @@ def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
         frame = frame.sort_values("depth")
         top, bottom = axes[0, col], axes[1, col]
         sa, sb = frame["set_a"].iloc[0], frame["set_b"].iloc[0]
-        top.plot(frame["depth"], frame["text_share_a"], color=OKABE_ITO["blue"], marker="o", ms=3, label=f"Set {sa}")
-        top.plot(frame["depth"], frame["text_share_b"], color=OKABE_ITO["vermillion"], marker="s", ms=3,
+        top.plot(frame["depth"], frame["text_ratio_a"], color=OKABE_ITO["blue"], marker="o", ms=3, label=f"Set {sa}")
+        top.plot(frame["depth"], frame["text_ratio_b"], color=OKABE_ITO["vermillion"], marker="s", ms=3,
                  label=f"Set {sb}")
-        top.set_ylim(0, 1)
+        top.axhline(1, color=GREY, lw=0.8, ls=(0, (4, 3)))
+        top.set_ylim(bottom=0)
         top.set_title(model)
-        top.set_ylabel("attention on text (fraction)")
-        bottom.plot(frame["depth"], frame["diff"], color="k", lw=1.2)
-        bottom.fill_between(frame["depth"], frame["low"], frame["high"], color=GREY, alpha=0.35, lw=0)
+        top.set_ylabel("text share / uniform share")
+        bottom.plot(frame["depth"], frame["ratio_diff"], color="k", lw=1.2)
+        bottom.fill_between(frame["depth"], frame["ratio_low"], frame["ratio_high"], color=GREY, alpha=0.35, lw=0)
+        hit = frame[frame["q_bh"] < 0.05]
+        bottom.plot(hit["depth"], hit["ratio_diff"], ls="none", marker="*", ms=6, color=OKABE_ITO["orange"])
         bottom.axhline(0, color=GREY, lw=0.8, ls=(0, (4, 3)))
-        bottom.set_ylabel(f"Set {sa} minus Set {sb} (fraction)")
+        bottom.set_ylabel(f"Set {sa} minus Set {sb}")
         bottom.set_xlabel("relative depth (layer+1)/L")
         bottom.set_xlim(0, 1)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(Line2D([], [], color=GREY, lw=4, alpha=0.5, label="difference, 95% CI"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
-    fig.suptitle("Attention of the last token on the stimulus text")
+    handles.append(Line2D([], [], ls="none", marker="*", ms=6, color=OKABE_ITO["orange"], label="BH q < 0.05"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
+    fig.suptitle("Attention of the last token on the stimulus text, relative to uniform")
     return fig
 
 

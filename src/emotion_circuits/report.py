@@ -279,20 +279,31 @@ def geometry_rows(geometry: dict) -> list[tuple]:
 
 
 def attention_rows(attention: dict) -> list[tuple]:
-    """Share of the extraction position's attention on the stimulus text, per set and the difference."""
+    """Attention of the extraction position on the stimulus text per set, as a share and as a ratio to its uniform
+    expectation (1 = no preference; raw shares grow with text length), its peak layer, and the set differences with
+    the number of layers that differ after BH."""
+    sets = sorted(attention.get("sets", {}).items())
     rows = [(f"attention.{name}.text_share", f"Set {name}: attention on the stimulus text (mean over layers, heads)",
-             ci(s["text_share"], "mean", "share")) for name, s in sorted(attention.get("sets", {}).items())]
-    rows += [(f"attention.{name}.text_share_per_token", f"Set {name}: attention on the text per text token",
-              ci(s["text_share_per_token"], "mean", "share", )) for name, s in sorted(attention.get("sets", {}).items())
-             if "text_share_per_token" in s]
+             ci(s["text_share"], "mean", "share")) for name, s in sets]
+    rows += [(f"attention.{name}.text_ratio", f"Set {name}: text share over its uniform expectation (1 = none), "
+              "mean over layers; and at its peak layer", Cell(
+                  f"{ci(s['text_ratio'], 'mean').text}; peak {ci(s['text_ratio_peak'], 'mean').text}, "
+                  f"layer {s['text_ratio_peak']['layer']}",
+                  {**ci(s["text_ratio"], "mean", "ratio").stats, **ci(s["text_ratio_peak"], "mean", "peak").stats,
+                   "layer": s["text_ratio_peak"]["layer"]})) for name, s in sets if "text_ratio" in s]
     if "compare" in attention:
         c = attention["compare"]
         rows.append(("attention.text_share_diff", f"text share, Set {c['set_a']} minus Set {c['set_b']}",
                      ci(c["text_share_diff"], "diff")))
-        if "text_share_per_token_diff" in c:
-            rows.append(("attention.text_share_per_token_diff", f"text share per text token, Set {c['set_a']} "
-                         f"minus Set {c['set_b']} (raw shares are length-confounded)",
-                         ci(c["text_share_per_token_diff"], "diff")))
+        if "text_ratio_diff" in c:
+            r = c["text_ratio_diff"]
+            cell = ci(r, "diff")
+            rows.append(("attention.text_ratio_diff", f"text ratio to uniform, Set {c['set_a']} minus Set "
+                         f"{c['set_b']} (permutation p); layers where {c['set_a']} / {c['set_b']} is higher (BH q < 0.05)",
+                         Cell(f"{cell.text} (p {r['p']:.3g}); layers {c['layers_a_higher_bh']} / "
+                              f"{c['layers_b_higher_bh']}",
+                              {**cell.stats, "p": r["p"], "layers_a_higher": c["layers_a_higher_bh"],
+                               "layers_b_higher": c["layers_b_higher_bh"]})))
     return rows
 
 
@@ -401,7 +412,8 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
     if cka:
         with reading(outputs.metrics / "cka.json"):
             summary.tables.append(("Linear CKA between models (site h, matched relative depths)",
-                                   ["model pair", "mean CKA at matched depths", "debiased", "best-aligned layers"],
+                                   ["model pair", "mean CKA at matched depths", "debiased [half-sample 95% CI]",
+                                    "debiased minus the random-init pair [CI]", "best-aligned layers"],
                                    cka_body(cka, summary.flat), ""))
     for m in models:
         probes = outputs.json(f"{m}/probes.json", required=True)
@@ -415,12 +427,27 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
 
 
 def cka_body(cka: dict, flat: dict) -> list[list[str]]:
-    """One row per model pair of the cka stage; its numbers go to `flat` as `cka/<a>__<b>.<name>`."""
+    """One row per model pair of the cka stage; its numbers go to `flat` as `cka/<a>__<b>.<name>`. Debiased CKA with
+    its half-sample interval, and minus the pair of the two models' random-init controls (the reference that can
+    fail) where the run has both."""
     body = []
     for name, p in sorted(cka.get("pairs", {}).items()):
         flat.update({f"cka/{name}.mean_matched": p["mean_matched_cka"],
                      f"cka/{name}.mean_matched_debiased": p["mean_matched_cka_debiased"]})
-        body.append([f"{p['model_a']} vs {p['model_b']}", f"{p['mean_matched_cka']:.3f}",
-                     f"{p['mean_matched_cka_debiased']:.3f}",
+        deb = "mean_matched_cka_debiased"
+        text = f"{p[deb]:.3f}"
+        if f"{deb}_low" in p:
+            text += f" [{p[f'{deb}_low']:.3f}, {p[f'{deb}_high']:.3f}]"
+            flat.update({f"cka/{name}.mean_matched_debiased_low": p[f"{deb}_low"],
+                         f"cka/{name}.mean_matched_debiased_high": p[f"{deb}_high"]})
+        ref = "mean_matched_debiased_minus_reference"
+        versus = "—"
+        if ref in p:
+            versus = f"{p[ref]:.3f} [{p[f'{ref}_low']:.3f}, {p[f'{ref}_high']:.3f}] (pair {p['mean_matched_reference_debiased']:.3f})"
+            flat.update({f"cka/{name}.debiased_minus_random_init": p[ref],
+                         f"cka/{name}.debiased_minus_random_init_low": p[f"{ref}_low"],
+                         f"cka/{name}.debiased_minus_random_init_high": p[f"{ref}_high"],
+                         f"cka/{name}.random_init_pair_debiased": p["mean_matched_reference_debiased"]})
+        body.append([f"{p['model_a']} vs {p['model_b']}", f"{p['mean_matched_cka']:.3f}", text, versus,
                      f"{p['best_layer_a']} and {p['best_layer_b']} (CKA {p['best_cka']:.3f})"])
     return body
