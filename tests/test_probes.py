@@ -101,7 +101,7 @@ def test_shuffled_labels_give_chance_with_interval_covering_half(tmp_path):
     rows = rows_of(result, "set_b") + rows_of(result, "set_a")
     assert abs(np.mean([r["auroc"] for r in rows]) - 0.5) < 0.1
     assert np.mean([r["low"] <= 0.5 <= r["high"] for r in rows]) >= 0.75
-    assert np.mean([r["null_mean"] < 0.5 for r in rows]) > 0.8   # pooled out-of-fold AUROC under the null < 0.5
+    # where the null's mean sits against labels without signal: tests/test_probe_nulls.py (over 400 data sets)
 
 
 def test_chance_columns(separable):

@@ -251,8 +251,7 @@ def make_tasks(data: dict[str, SetData], settings: ProbeSettings, pairs: dict[st
         except ValueError as err:
             raise DataError(f"{where}: {err} (probes.folds={settings.folds})") from None
 
-    def orders(n):
-        return stats.permutations(n, settings.n_perm, settings.seed + SEED_OFFSET["permutation"])
+    seed = settings.seed + SEED_OFFSET["permutation"]
 
     ya, yb = data["A"].emotions, data["B"].emotions
     ybn = np.r_[np.ones(len(yb), int), np.zeros(len(data["N"].emotions), int)]
@@ -262,13 +261,31 @@ def make_tasks(data: dict[str, SetData], settings: ProbeSettings, pairs: dict[st
     else:
         log.warning("no pair links for Sets B and N: B-vs-N splits are not grouped (twins may be split)")
         groups = None
+    fa, fb, fbn = split(ya, data["A"].path), split(yb, data["B"].path), split(ybn, data["N"].path, groups)
     return {
-        "set_a": Task("set_a", ("A",), ya, split(ya, data["A"].path), orders=orders(len(ya))),
-        "set_b": Task("set_b", ("B",), yb, split(yb, data["B"].path), orders=orders(len(yb))),
-        "transfer": Task("transfer", ("A", "B"), yb, None, ya, orders=orders(len(ya))),
-        "b_vs_n": Task("b_vs_n", ("B", "N"), ybn, split(ybn, data["N"].path, groups), groups=groups,
-                       orders=orders(len(ybn))),
+        "set_a": Task("set_a", ("A",), ya, fa, orders=null_orders(fa[0], len(ya), settings.n_perm, seed)),
+        "set_b": Task("set_b", ("B",), yb, fb, orders=null_orders(fb[0], len(yb), settings.n_perm, seed)),
+        "transfer": Task("transfer", ("A", "B"), yb, None, ya, orders=stats.permutations(len(ya), settings.n_perm,
+                                                                                         seed)),
+        "b_vs_n": Task("b_vs_n", ("B", "N"), ybn, fbn, groups=groups,
+                       orders=null_orders(fbn[0], len(ybn), settings.n_perm, seed, groups)),
     }
+
+
+def null_orders(folds, n: int, n_perm: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """`(n_perm + 1, n)` label orders of a CV task's permutation null on the split `folds` (row 0 the identity):
+    labels permuted within each test fold (every fold keeps its label counts); with `groups`, the two members of
+    each two-item group (a B item and its N twin) swap labels with probability 1/2 and the rest are permuted
+    within their test folds. The transfer task has no folds: its null shuffles Set A's training labels freely
+    (`stats.permutations`; class counts are kept, Set B is scored with its true labels)."""
+    tests = [np.asarray(test) for _, test in folds]
+    if groups is None:
+        return stats.block_permutations(tests, n, n_perm, seed)
+    sizes = np.bincount(groups)
+    twins = sizes[groups] == 2
+    pairs = np.stack([np.flatnonzero(groups == g) for g in np.flatnonzero(sizes == 2)]) if twins.any() else \
+        np.zeros((0, 2), int)
+    return stats.pair_swaps(pairs, [t[~twins[t]] for t in tests], n, n_perm, seed)
 
 
 @dataclass(frozen=True)

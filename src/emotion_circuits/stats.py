@@ -238,6 +238,33 @@ def permutations(n: int, n_perm: int, seed: int) -> np.ndarray:
     return np.vstack([np.arange(n), np.argsort(rng.random((n_perm, n)), axis=1)])
 
 
+def block_permutations(blocks, n: int, n_perm: int, seed: int) -> np.ndarray:
+    """`(n_perm + 1, n)` label orders that permute only within each block of indices (row 0 the identity).
+
+    With the test folds of a fixed split as blocks, every fold keeps its label counts under every permutation, so
+    the null meets the folds the observed labels were stratified for. A free shuffle against stratified folds
+    scores low and inflates false positives (measured on pure noise: 11% at alpha 0.05)."""
+    rng = np.random.default_rng(seed)
+    out = np.tile(np.arange(n), (n_perm + 1, 1))
+    for block in blocks:
+        block = np.asarray(block)
+        if len(block) > 1:
+            out[1:, block] = block[np.argsort(rng.random((n_perm, len(block))), axis=1)]
+    return out
+
+
+def pair_swaps(pairs: np.ndarray, blocks, n: int, n_perm: int, seed: int) -> np.ndarray:
+    """`(n_perm + 1, n)` label orders of a paired design (row 0 the identity): each twin pair `pairs (m, 2)` swaps
+    its two labels with probability 1/2, independently; the other items are permuted within `blocks` (their test
+    folds, as in `block_permutations`). Near-copy twins stay together, so the null keeps the pairing."""
+    out = block_permutations(blocks, n, n_perm, seed + 1)
+    pairs = np.asarray(pairs, dtype=int).reshape(-1, 2)
+    swap = np.random.default_rng(seed).random((n_perm, len(pairs))) < 0.5
+    out[1:, pairs[:, 0]] = np.where(swap, pairs[:, 1], pairs[:, 0])
+    out[1:, pairs[:, 1]] = np.where(swap, pairs[:, 0], pairs[:, 1])
+    return out
+
+
 def ridge_hats(X: np.ndarray, folds, alpha: float = 1.0, X_test: np.ndarray | None = None):
     """Per fold `(train, test, H (n_test, n_train))`: ridge predictions on standardized features are `H @ Y_train`
     (Y centred on the training fold). H depends on X only, so one H serves every permutation of the labels.
