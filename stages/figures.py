@@ -21,12 +21,13 @@ from emotion_circuits.probes import CSV_COLUMNS, ProbeSettings, random_init_of
 log = logging.getLogger("figures")
 # figure, plots/<model>/ file, columns it needs, plot function (one panel per model that has the file)
 INTERVENTIONS = (
-    ("patching", "patching_detail.csv", ("site", "depth", "flip", "flip_low", "flip_high", "control_flip",
-                                         "control_flip_low", "control_flip_high", "baseline_flip", "baseline_flip_low",
-                                         "baseline_flip_high"), F.patching_layers),
-    ("knockout", "knockout_detail.csv", ("site", "op", "layer", "depth", "kl", "kl_low", "kl_high"),
+    ("patching", "patching_detail.csv", ("site", "depth", "recovery", "recovery_low", "recovery_high",
+                                         "control_recovery", "control_recovery_low", "control_recovery_high"),
+     F.patching_layers),
+    ("knockout", "knockout_detail.csv", ("site", "ablation", "layer", "depth", "kl", "kl_low", "kl_high",
+                                         "control_kl", "control_kl_low", "control_kl_high", "kl_critical"),
      F.knockout_layers),
-    ("heads", "heads.csv", ("layer", "head", "drop", "drop_low"), F.heads_heatmap))
+    ("heads", "heads.csv", ("layer", "head", "rank_drop", "survives"), F.heads_heatmap))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:

@@ -13,14 +13,15 @@ import torch
 import yaml
 
 from conftest import tiny_model
-from emotion_circuits import causal_report
+from emotion_circuits import causal_report, causal_summary
 from emotion_circuits.causal import (HeadSettings, InterventionSettings, KnockoutSettings, PatchingSettings,
-                                     clean_runs, design_pairs, heads, knockout, patching, resolve_layers)
+                                     clean_runs, design_pairs, heads, knockout, matched_controls, patching,
+                                     resolve_layers, unit_directions)
 from emotion_circuits.config import EMOTIONS, ConfigError, load_params, parse_section
 from emotion_circuits.extract import tokenize_prompt
 from emotion_circuits.interventions import Engine, plain_logits
 from emotion_circuits.readout import Readout
-from emotion_circuits.sites import Intervention, Site
+from emotion_circuits.sites import Intervention, Site, hooked
 from emotion_circuits.stimuli import Stimulus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,41 +53,49 @@ def head_log_probs(engine, readout, h):
 
 def test_design_pairs_cover_every_ordered_pair():
     labels = np.repeat(EMOTIONS, 3)
-    pairs, control = design_pairs(labels, EMOTIONS, per_pair=2, seed=0)
-    assert pairs.shape == (56 * 2, 2)
+    pairs, control = design_pairs(labels, EMOTIONS, per_source=2, seed=0)
+    assert pairs.shape == (24 * 7 * 2, 2)
     counts = {}
     for t, s in pairs:
         assert labels[t] != labels[s]
         counts[labels[t], labels[s]] = counts.get((labels[t], labels[s]), 0) + 1
-    assert len(counts) == 56 and set(counts.values()) == {2}
-    assert len(set(pairs[:, 0].tolist())) == 24  # targets spread over every stimulus
-    for t, c in control.items():
+    assert len(counts) == 56 and set(counts.values()) == {6}                   # 3 targets x 2 sources
+    assert sorted(set(pairs[:, 0].tolist())) == list(range(24))                # every item is a target ...
+    assert set(np.bincount(pairs[:, 0]).tolist()) == {14}                      # ... once, with 7 x 2 sources
+    assert set(np.bincount(pairs[:, 1], minlength=24).tolist()) == {14}        # sources spread evenly
+    for t, c in enumerate(control):
         assert labels[c] == labels[t] and c != t
-    again, _ = design_pairs(labels, EMOTIONS, per_pair=2, seed=0)
+    again, _ = design_pairs(labels, EMOTIONS, per_source=2, seed=0)
     assert np.array_equal(pairs, again)
     with pytest.raises(ConfigError, match="at least two stimuli of each emotion; grief has fewer"):
         design_pairs(np.array([e for e in labels if e != "grief"] + ["grief"]), EMOTIONS, 1, 0)
 
 
-def test_patching_at_the_last_residual_gives_the_source_answer(setup):
-    """Overwriting h[L-1] makes the target's answer exactly the source's clean answer: flip, d_source and d_target
-    follow from the clean runs alone. Same-emotion control and baseline likewise."""
-    _, readout, engine, clean = setup
+def test_patching_h_at_the_last_layer_recovers_the_source_and_identical_controls_recover_nothing():
+    """Items of one emotion are identical, so the same-emotion control patches the target with its own state: its
+    recovery is 0 at every cell; patching h[L-1] copies the whole source state (single-token labels): LD_patched =
+    LD_source, recovery 1, transfer 1."""
+    loaded, readout, engine, _ = setup_twins = _twins()
+    clean = setup_twins[3]
     last = engine.n_layers - 1
-    result = patching(engine, readout, clean, ["h"], [last], per_pair=1, seed=3)
-    lp = clean.log_probs.numpy()
-    index = {e: i for i, e in enumerate(EMOTIONS)}
-    _, control = design_pairs(clean.labels, EMOTIONS, 1, 3)
-    for r, (t, s) in enumerate(result.pairs):
-        src, tgt = index[clean.labels[s]], index[clean.labels[t]]
-        assert result.flip[r, 0, 0] == (clean.top1[s] == clean.labels[s])
-        assert result.d_source[r, 0, 0] == pytest.approx(lp[s, src] - lp[t, src], abs=ATOL)
-        assert result.d_target[r, 0, 0] == pytest.approx(lp[s, tgt] - lp[t, tgt], abs=ATOL)
-        c = control[t]
-        assert result.control_flip[r, 0, 0] == (clean.top1[c] == clean.labels[s])
-        assert result.control_d_source[r, 0, 0] == pytest.approx(lp[c, src] - lp[t, src], abs=ATOL)
-        assert result.baseline_flip[r] == (clean.top1[t] == clean.labels[s])
-    assert np.array_equal(result.flip[:, 0, 0] == 1, result.source_answered)  # the flip needs a source answered right
+    result = patching(engine, readout, clean, ["h", "a"], [0, last], per_source=1, seed=3)
+    np.testing.assert_allclose(result.ld_patch[:, 0, 1], result.ld_source, atol=ATOL)
+    np.testing.assert_allclose(result.ld_control, np.broadcast_to(result.ld_target[:, None, None],
+                                                                   result.ld_control.shape), atol=ATOL)
+    out = causal_summary.patching_summary(result, 200, 0, 199)
+    rows = {(r["site"], r["layer"]): r for r in out["rows"]}
+    assert rows["h", last]["recovery"] == pytest.approx(1.0, abs=1e-4)
+    assert rows["h", last]["transfer"] == 1.0
+    assert all(abs(r["control_recovery"]) < 1e-4 for r in out["rows"])
+    assert out["h"]["first_layer"] in (0, last)
+
+
+def _twins():
+    loaded = tiny_model("llama")
+    readout = Readout.build(loaded.tokenizer, WORDS)
+    engine = Engine(loaded, rows=readout.token_ids, batch_size=16)
+    twins = [Stimulus(f"b-{e}-{i}", "B", e, f"{e} story: the end of {e}.") for e in EMOTIONS for i in range(2)]
+    return loaded, readout, engine, clean_runs(engine, readout, loaded.tokenizer, TEMPLATE, twins)
 
 
 def test_patching_a_stimulus_into_itself_changes_nothing(setup):
@@ -97,11 +106,34 @@ def test_patching_a_stimulus_into_itself_changes_nothing(setup):
     torch.testing.assert_close(readout.log_probs(out), clean.log_probs[0].expand(len(sites), -1), rtol=0, atol=ATOL)
 
 
+def test_matched_controls_have_the_ablations_displacement_norm(setup):
+    """Each random control moves the site by exactly ||delta|| (asserted on the values that flow downstream), and
+    the shift op moves it by its own norm, as zeroing does."""
+    loaded, _, engine, clean = setup
+    rng = np.random.default_rng(0)
+    site = Site("m", 1)
+    v = clean.prepared[3].sites[site]
+    mean = torch.stack([p.sites[site] for p in clean.prepared]).mean(0)
+    ids = clean.prepared[3].ids
+    for delta in (-v, mean - v, clean.prepared[7].sites[site] - v):
+        controls = matched_controls(delta, unit_directions(rng, (4,), v.shape[-1]))
+        torch.testing.assert_close(controls.norm(dim=-1), delta.norm().expand(4))
+        for c in controls:
+            with hooked(loaded.model, reads=[site], interventions=[Intervention(site, "add", c)]) as read:
+                loaded.model(input_ids=torch.tensor([ids]))
+            assert float((read[site][0] - v).norm()) == pytest.approx(float(delta.norm()), rel=1e-4)
+    u = unit_directions(rng, (), v.shape[-1])
+    with hooked(loaded.model, reads=[site], interventions=[Intervention(site, "shift", u)]) as read:
+        loaded.model(input_ids=torch.tensor([ids]))
+    assert float((read[site][0] - v).norm()) == pytest.approx(float(v.norm()), rel=1e-4)
+
+
 def test_knockout_known_answers_at_the_last_layer(setup):
-    """Zeroing m[L-1] leaves h[L-2] + a[L-1]; the set's mean leaves h[L-2] + a[L-1] + mean(m[L-1])."""
+    """Zeroing m[L-1] leaves h[L-2] + a[L-1]; the set's mean leaves h[L-2] + a[L-1] + mean(m[L-1]); the recorded
+    displacement norms are ||m|| and ||mean - m||."""
     _, readout, engine, clean = setup
     last = engine.n_layers - 1
-    result = knockout(engine, readout, clean, ["m"], [last], n_random=2, seed=0)
+    result = knockout(engine, readout, clean, ["m"], [last], ["zero", "mean", "resample"], n_random=2, seed=0)
     a, m = Site("a", last), Site("m", last)
     mean_m = torch.stack([p.sites[m] for p in clean.prepared]).mean(0)
     for i, prep in enumerate(clean.prepared):
@@ -111,26 +143,37 @@ def test_knockout_known_answers_at_the_last_layer(setup):
             lp = head_log_probs(engine, readout, residual)
             kl = float((base.exp() * (base - lp)).sum())
             assert result.kl[i, 0, 0, o] == pytest.approx(max(kl, 0.0), abs=ATOL)
-            assert result.drop[i, 0, 0, o] == pytest.approx(float(base[own].exp() - lp[own].exp()), abs=ATOL)
-            assert result.changed[i, 0, 0, o] == float(lp.argmax() != base.argmax())
-    assert (result.kl >= 0).all() and np.isfinite(result.kl).all()
+            assert result.drop[i, 0, 0, o] == pytest.approx(float(base[own] - lp[own]), abs=ATOL)
+        assert result.norm[i, 0, 0, 0] == pytest.approx(float(prep.sites[m].norm()), rel=1e-5)
+        assert result.norm[i, 0, 0, 1] == pytest.approx(float((mean_m - prep.sites[m]).norm()), rel=1e-5)
+        assert result.norm[i, 0, 0, 2] > 0                                     # resampled from another stimulus
+    assert (result.kl >= 0).all() and np.isfinite(result.control_kl).all()
 
 
-def test_head_ablation_matches_the_plain_path(setup):
+def test_heads_split_half_and_matches_the_plain_path(setup):
     loaded, readout, engine, clean = setup
-    result = heads(engine, readout, clean, [0, 2])
-    assert result.drop.shape == (16, 2, loaded.model.config.num_attention_heads)
-    ids = tokenize_prompt(loaded.tokenizer, TEMPLATE, stimuli()[5].text).ids
-    groups = [[Intervention(Site("a", 2), "zero", head=h)] for h in range(4)]
+    result = heads(engine, readout, clean, [0, 2], top=3, n_random=2, seed=1)
+    n_heads = loaded.model.config.num_attention_heads
+    assert result.rank_drop.shape == (8, 2, n_heads) and result.drop.shape == (8, 3)
+    assert not set(result.rank_half) & set(result.test_half)
+    ranked = result.rank_drop.mean(0)
+    assert ranked[[0, 2].index(result.tested[0][0]), result.tested[0][1]] == ranked.max()
+    k = 1
+    i = int(result.test_half[k])
+    ids = tokenize_prompt(loaded.tokenizer, TEMPLATE, stimuli()[i].text).ids
+    groups = [[Intervention(Site("a", int(layer)), "zero", head=int(h))] for layer, h in result.tested]
     lp = readout.log_probs(plain_logits(loaded, ids, groups, rows=readout.token_ids))
-    own = EMOTIONS.index(clean.labels[5])
-    expected = clean.log_probs[5, own].exp() - lp[:, own].exp()
-    np.testing.assert_allclose(result.drop[5, 1], expected.numpy(), atol=ATOL)
+    own = EMOTIONS.index(clean.labels[i])
+    np.testing.assert_allclose(result.drop[k], (clean.log_probs[i, own] - lp[:, own]).numpy(), atol=ATOL)
 
 
 @pytest.mark.parametrize("section, cls, raw, message", [
     ("patching", PatchingSettings, {"sites": ["h", "x"]}, "params.yaml: patching.sites: 'x' is not one of h, a, m"),
-    ("patching", PatchingSettings, {"per_pair": 0}, "params.yaml: patching.per_pair: must be at least 1"),
+    ("patching", PatchingSettings, {"per_source": 0}, "params.yaml: patching.per_source: must be at least 1"),
+    ("knockout", KnockoutSettings, {"ablations": ["zero", "noise"]},
+     "params.yaml: knockout.ablations: 'noise' is not one of zero, mean, resample"),
+    ("heads", HeadSettings, {"n_random": 0}, "params.yaml: heads.n_random: must be at least 1"),
+    ("interventions", InterventionSettings, {"n_flip": 10}, "params.yaml: interventions.n_flip: must be at least 99"),
     ("patching", PatchingSettings, {"layer": [1]}, "params.yaml: patching.layer: unknown key"),
     ("knockout", KnockoutSettings, {"sites": ["h"]}, "params.yaml: knockout.sites: 'h' is not one of a, m"),
     ("heads", HeadSettings, {"layers": "all"}, "params.yaml: heads.layers: expected a list"),
@@ -163,7 +206,7 @@ def write_params(tmp_path: Path, **sections) -> Path:
     params["run"]["sets"] = ["A", "B"]
     params["prompts"]["short"] = {"template": TEMPLATE}
     params.update(answers=WORDS, interventions={"prompt": "short", "n_boot": 100, "batch_size": 32},
-                  patching={"per_pair": 1}, knockout={}, heads={"top": 3})
+                  patching={"per_source": 1}, knockout={}, heads={"top": 3})
     for key, value in sections.items():
         params[key].update(value)
     path = tmp_path / "params.yaml"
@@ -190,21 +233,23 @@ def test_stages_write_their_outputs(tmp_path, tiny_registry):
     knock = causal_report.run_stage(params, "smollm2-135m-instruct", "knockout", metrics, plots)
     head = causal_report.run_stage(params, "smollm2-135m-instruct", "heads", metrics, plots)
     out = metrics / "smollm2-135m-instruct"
-    assert json.loads((out / "patching.json").read_text())["n_pairs"] == 56 == patch["n_pairs"]
-    assert set(patch["behaviour"]) == {"A", "B"} and patch["peak"]["site"] in "ham"
-    assert 0 <= patch["n_answered"] <= 56 and "flip_answered" in patch["baseline"]
-    assert patch["baseline"]["flip_low"] <= patch["baseline"]["flip"] <= patch["baseline"]["flip_high"]
-    assert set(knock["a"]) == {"zero", "mean", "random"} and "critical" in knock["m"]["zero"]
-    assert len(head["top"]) == 3 and head["top"]["01"]["drop"] >= head["top"]["03"]["drop"]
+    assert json.loads((out / "patching.json").read_text())["n_pairs"] == 16 * 7 == patch["n_pairs"]
+    assert set(patch["behaviour"]) == {"A", "B"} and patch["best"]["site"] in "am" and 0 < patch["best"]["p_max"] <= 1
+    assert patch["denominator"]["denominator_low"] <= patch["denominator"]["denominator_high"]
+    assert {"first_layer", "first_layer_low", "recovery", "control_recovery"} <= set(patch["h"])
+    assert set(knock["a"]) == {"zero", "mean"} and "critical_kl" in knock["m"]["zero"]
+    assert head["n_tested"] == 3 and head["n_rank"] + head["n_test"] == 16 and "at_chance" in head
     wide = read_csv(plots / "smollm2-135m-instruct" / "patching.csv")
     assert list(wide[0]) == ["layer", "h", "a", "m", "h_control", "a_control", "m_control", "baseline"]
     assert [int(r["layer"]) for r in wide] == [0, 1, 2]
     detail = read_csv(plots / "smollm2-135m-instruct" / "patching_detail.csv")
-    assert len(detail) == 9 and {"flip", "flip_low", "flip_high", "control_flip", "d_source", "d_target",
-                                 "baseline_flip", "flip_answered", "control_flip_answered"} <= set(detail[0])
+    assert len(detail) == 9 and {"recovery", "recovery_low", "control_recovery", "recovery_minus_control_low",
+                                 "transfer", "flip", "control_flip", "baseline_transfer",
+                                 "denominator_covers_zero"} <= set(detail[0])
     assert list(read_csv(plots / "smollm2-135m-instruct" / "knockout.csv")[0]) == [
-        "layer", "a_zero", "a_mean", "a_random", "m_zero", "m_mean", "m_random"]
-    assert len(read_csv(plots / "smollm2-135m-instruct" / "knockout_detail.csv")) == 2 * 3 * 3
+        "layer", "a_zero", "a_zero_control", "a_mean", "a_mean_control", "m_zero", "m_zero_control", "m_mean",
+        "m_mean_control"]
+    assert len(read_csv(plots / "smollm2-135m-instruct" / "knockout_detail.csv")) == 2 * 3 * 2
     assert len(read_csv(plots / "smollm2-135m-instruct" / "heads.csv")) == 3 * 4
 
 

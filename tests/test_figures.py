@@ -150,8 +150,8 @@ def test_intervention_figures_skip_models_without_outputs_and_vanish_without_any
         assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["tiny-gemma"], name
         assert fig.get_size_inches()[0] == F.COLUMN, name
     heads = root / "plots" / "tiny-gemma" / "heads.csv"
-    pd.read_csv(heads).drop(columns="drop_low").to_csv(heads, index=False)
-    with pytest.raises(DataError, match=r"tiny-gemma/heads\.csv: missing column drop_low \(has layer,"):
+    pd.read_csv(heads).drop(columns="survives").to_csv(heads, index=False)
+    with pytest.raises(DataError, match=r"tiny-gemma/heads\.csv: missing column survives \(has layer,"):
         jobs(root)
     for name in ("patching_detail", "knockout_detail", "heads"):
         (root / "plots" / "tiny-gemma" / f"{name}.csv").unlink()
@@ -169,31 +169,32 @@ def test_intervention_figures_draw_the_stage_values(run_root):
     detail = pd.read_csv(plots / "patching_detail.csv")
     fig = built["patching"]()
     ax = fig.axes[0]
-    assert ax.get_title() == "tiny-llama" and ax.get_ylim() == (0, 1)
-    for site, column in (("h", "flip"), ("m", "control_flip")):
+    assert ax.get_title() == "tiny-llama"
+    for site, column in (("h", "recovery"), ("m", "control_recovery")):
         rows = detail[detail["site"] == site].sort_values("depth")
         assert any(drawn_as(line, rows[column]) for line in ax.get_lines()), (site, column)
-    assert detail["baseline_flip"].iloc[0] in horizontal_levels(fig)                 # the unpatched baseline
+    assert {0.0, 0.5} <= set(horizontal_levels(fig))                       # baseline 0 and the 0.5 threshold
     knockout = pd.read_csv(plots / "knockout_detail.csv")
     ax = built["knockout"]().axes[0]
-    for op in ("zero", "mean", "random"):
-        rows = knockout[(knockout["site"] == "a") & (knockout["op"] == op)].sort_values("depth")
-        assert any(drawn_as(line, rows["kl"]) for line in ax.get_lines()), op
-    # critical-layer dots: zeroing above the random direction's interval, as the stage's knockout.json lists them
-    critical = json.loads((run_root / "metrics" / "tiny-llama" / "knockout.json").read_text())["a"]["zero"]["critical"]
-    zero = knockout[(knockout["site"] == "a") & (knockout["op"] == "zero")].set_index("layer")
+    for op, column in (("zero", "kl"), ("mean", "kl"), ("zero", "control_kl")):
+        rows = knockout[(knockout["site"] == "a") & (knockout["ablation"] == op)].sort_values("depth")
+        assert any(drawn_as(line, rows[column]) for line in ax.get_lines()), (op, column)
+    # critical-layer dots: the cells the stage's knockout.json lists (BH against matched controls)
+    found = json.loads((run_root / "metrics" / "tiny-llama" / "knockout.json").read_text())["a"]
     dots = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_linestyle() == "None"
             and to_hex(line.get_color()) == to_hex(F.SITE_COLORS["a"])]
-    expected = [int(layer) for layer in critical.split(",") if layer]
-    assert len(dots) == 1 and np.allclose(dots[0].get_xdata(), zero.loc[expected, "depth"])
+    for line, op in zip(dots, ("zero", "mean")):
+        rows = knockout[(knockout["site"] == "a") & (knockout["ablation"] == op)].set_index("layer")
+        expected = [int(layer) for layer in found[op]["critical_kl"].split(",") if layer]
+        assert np.allclose(line.get_xdata(), rows.loc[expected, "depth"])
     heads = pd.read_csv(plots / "heads.csv")
     ax = built["heads"]().axes[0]
     matrix = ax.get_images()[0].get_array()
     assert matrix.shape == (MODELS["tiny-llama"], heads["head"].max() + 1)
-    assert np.allclose(matrix, heads.pivot(index="layer", columns="head", values="drop").to_numpy())
-    sure = heads[heads["drop_low"] > 0]
+    assert np.allclose(matrix, heads.pivot(index="layer", columns="head", values="rank_drop").to_numpy())
+    sure = heads[heads["survives"].fillna(False).astype(bool)]
     dots = next(line for line in ax.get_lines() if line.get_marker() == "o")
-    assert sorted(zip(dots.get_ydata(), dots.get_xdata())) == sorted(zip(sure["layer"], sure["head"]))
+    assert len(sure) and sorted(zip(dots.get_ydata(), dots.get_xdata())) == sorted(zip(sure["layer"], sure["head"]))
 
 
 def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):

@@ -45,7 +45,7 @@ PARAMS = {
     "cka": {"n_depths": 4},
     "attention": {"n_boot": 100, "top_heads": 2, "lexicon": "LEXICON"},
     "interventions": {"n_boot": 100},
-    "patching": {"per_pair": 1},
+    "patching": {"per_source": 1},
     "heads": {"top": 3},
 }
 # text-only baselines as the stimuli stage writes them (metrics/stimuli.json `baselines`)
@@ -134,31 +134,40 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
         return cr.Setup(model, params.section(stage, cr.SECTIONS[stage]), shared, "", {"A": [], "B": []}, engine,
                         readout, list(range(n_layers)), seed)
 
-    def patching(engine, readout, clean, sites, layers, per_pair, seed):
-        pairs, _ = causal.design_pairs(clean.labels, EMOTIONS, per_pair, seed)
+    def patching(engine, readout, clean, sites, layers, per_source, seed):
+        pairs, _ = causal.design_pairs(clean.labels, EMOTIONS, per_source, seed)
+        index = np.array([EMOTIONS.index(e) for e in clean.labels])
+        tgt, src = index[pairs[:, 0]], index[pairs[:, 1]]
         shape = (len(pairs), len(sites), len(layers))
-        p = 0.7 * np.exp(-((depth - 0.66) / 0.25) ** 2) * np.array([1.0, 0.5, 0.3])[:len(sites), None]
-        arrays = {"flip": rng.random(shape) < p, "control_flip": rng.random(shape) < 0.04,
-                  **{k: rng.normal(size=shape) for k in ("d_source", "d_target", "control_d_source",
-                                                         "control_d_target")}}
-        return causal.PatchingResult(list(sites), list(layers), pairs, baseline_flip=rng.random(len(pairs)) < 0.05,
-                                     source_answered=rng.random(len(pairs)) < 0.6,
-                                     **{k: v.astype(np.float32) for k, v in arrays.items()})
+        curve = np.clip(depth * 1.3 - 0.2, 0, 1) * np.array([1.0, 0.3, 0.2])[:len(sites), None]   # h rises to 1
+        ld_source, ld_target = 2 + rng.normal(size=len(pairs)), rng.normal(size=len(pairs))
+        gap = (ld_source - ld_target)[:, None, None]
+        ld_patch = ld_target[:, None, None] + curve * gap + 0.3 * rng.normal(size=shape)
+        ld_control = ld_target[:, None, None] + 0.3 * rng.normal(size=shape)
+        return causal.PatchingResult(list(sites), list(layers), pairs, tgt, src, ld_source, ld_target,
+                                     top1_source=src, top1_target=rng.integers(0, 8, len(pairs)),
+                                     ld_patch=ld_patch, ld_control=ld_control,
+                                     top1_patch=np.where(rng.random(shape) < curve, src[:, None, None],
+                                                         tgt[:, None, None]),
+                                     top1_control=np.broadcast_to(tgt[:, None, None], shape).copy())
 
-    def knockout(engine, readout, clean, sites, layers, n_random, seed):
-        shape = (len(clean.labels), len(sites), len(layers), len(causal.OPS))
-        profile = 0.2 + 4 * np.exp(-((depth - 0.3) / 0.2) ** 2)     # zeroing matters early, less than random late
-        factor = np.stack([profile, 0.6 * profile, np.full(n_layers, 0.8)], axis=-1)      # (L, ops): zero, mean, random
-        kl = rng.gamma(2.0, 0.05, shape) * factor
-        return causal.KnockoutResult(list(sites), list(layers), changed=(kl > 0.3).astype(np.float32),
-                                     kl=kl.astype(np.float32), drop=(kl / 4).astype(np.float32))
+    def knockout(engine, readout, clean, sites, layers, ablations, n_random, seed):
+        shape = (len(clean.labels), len(sites), len(layers), len(ablations))
+        profile = 0.2 + 4 * np.exp(-((depth - 0.3) / 0.2) ** 2)     # ablation matters early, like its control late
+        kl = rng.gamma(2.0, 0.05, shape) * profile[:, None]
+        control = rng.gamma(2.0, 0.05, shape) * 0.8
+        return causal.KnockoutResult(list(sites), list(layers), list(ablations), drop=kl / 4, kl=kl,
+                                     control_drop=control / 4, control_kl=control, norm=np.ones(shape))
 
-    def heads(engine, readout, clean, layers):
-        shape = (len(clean.labels), len(layers), HEADS)
-        drop = rng.normal(0.0, 0.02, shape)
+    def heads(engine, readout, clean, layers, top, n_random, seed):
+        rank, test = causal.split_halves(len(clean.labels), seed)
+        drop = rng.normal(0.0, 0.02, (len(clean.labels), len(layers), HEADS))
         drop[:, -2, 1] += 0.15                                                   # one head that matters
-        return causal.HeadResult(list(layers), changed=(drop > 0.1).astype(np.float32),
-                                 kl=np.abs(drop).astype(np.float32), drop=drop.astype(np.float32))
+        tested = causal.top_heads(drop[rank], layers, top)
+        held = np.stack([drop[test][:, list(layers).index(layer), head] for layer, head in tested], axis=1)
+        control = rng.normal(0.0, 0.02, held.shape)
+        return causal.HeadResult(list(layers), rank, test, drop[rank], tested, held, np.abs(held), control,
+                                 np.abs(control))
 
     with mock.patch.multiple(cr, setup=setup, clean_runs=clean, patching=patching, knockout=knockout, heads=heads):
         for name in ("patching", "knockout", "heads"):
@@ -261,33 +270,38 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
         knockout = json.loads((metrics / model / "knockout.json").read_text())
         heads = json.loads((metrics / model / "heads.json").read_text())
         expected |= {
-            "h.patching.flip": patching["h"]["flip"], "h.patching.flip_low": patching["h"]["flip_low"],
-            "h.patching.layer": patching["h"]["peak_layer"],
-            "h.patching.baseline.flip_high": patching["baseline"]["flip_high"],
-            "h.patching.control.flip": patching["h"]["control_flip"],
-            "h.patching.answered.flip_low": patching["h"]["flip_answered_low"],
-            "h.patching.pairs.n": patching["n_pairs"],
+            "h.patching_recovery.first_layer": patching["h"]["first_layer"],
+            "h.patching_recovery.recovery_low": patching["h"]["recovery_low"],
+            "h.patching_recovery.control_recovery": patching["h"]["control_recovery"],
+            "patching.best.p_max": patching["best"]["p_max"],
+            "patching.best.recovery_minus_control": patching["best"]["recovery_minus_control"],
+            "patching.best.transfer.control_transfer": patching["best"]["control_transfer"],
+            "patching.denominator.denominator_low": patching["denominator"]["denominator_low"],
+            "patching.pairs.n": patching["n_pairs"],
             "behaviour.A.accuracy": patching["behaviour"]["A"]["accuracy"],
             "behaviour.B.accuracy_high": patching["behaviour"]["B"]["accuracy_high"],
-            "knockout.a.zero.critical.n": knockout["a"]["zero"]["n_critical"],
-            "knockout.m.mean.critical.n": knockout["m"]["mean"]["n_critical"],
-            "knockout.m.peak.kl_low": knockout["m"]["zero"]["kl_low"],
+            "knockout.a.zero.critical.n": knockout["a"]["zero"]["n_critical_kl"],
+            "knockout.m.mean.critical.n": knockout["m"]["mean"]["n_critical_kl"],
+            "knockout.m.zero.peak.control_kl": knockout["m"]["zero"]["control_kl"],
             "heads.top1.drop": heads["top"]["01"]["drop"], "heads.top1.layer": heads["top"]["01"]["layer"],
-            "heads.top2.head": heads["top"]["02"]["head"], "heads.positive.n": heads["n_positive"],
+            "heads.top1.control_drop": heads["top"]["01"]["control_drop"], "heads.survivors.n": heads["n_survivors"],
         }
         for key, value in expected.items():
             assert flat[f"{model}/{key}"] == value, key
         assert heads["top"]["01"]["name"] == f"L{MODELS[model] - 2}H1"          # the head the fixture made matter
+        assert heads["survivors"].split(",")[0] == f"L{MODELS[model] - 2}H1"
         causal = {r[0]: r[list(MODELS).index(model) + 1] for r in tables(md)[3]}
-        assert causal["heads: rank 1, drop in own-emotion probability when that one head is zeroed"].startswith(
-            f"L{MODELS[model] - 2}H1: {heads['top']['01']['drop']:.3f} [")
-        critical = knockout["a"]["zero"]["critical"]
-        assert causal["knockout a: layers where zeroing moves the answer more than a random direction (KL)"] == (
-            critical.replace(",", ", ") or "none")
+        label = next(k for k in causal if k.startswith("heads: first-ranked head"))
+        assert causal[label].startswith(f"L{MODELS[model] - 2}H1: {heads['top']['01']['drop']:.3f} [")
+        assert "(control " in causal[label]
+        critical = knockout["a"]["zero"]["critical_kl"]
+        assert critical and set(critical.split(",")) <= {str(l) for l in range(MODELS[model] // 2 + 1)}  # early
+        label = next(k for k in causal if k.startswith("knockout a (zero): layers"))
+        assert causal[label] == critical.replace(",", ", ")
         h = patching["h"]
-        patch = next(r for r in tables(md)[0] if r[0].startswith("patching success"))
-        assert patch[list(MODELS).index(model) + 1] == (
-            f"{100 * h['flip']:.0f} % [{100 * h['flip_low']:.0f}, {100 * h['flip_high']:.0f}], layer {h['peak_layer']}")
+        patch = next(r for r in tables(md)[0] if r[0].startswith("patching h: first layer"))
+        cell = patch[list(MODELS).index(model) + 1]
+        assert cell.startswith(f"layer {h['first_layer']:g} [") and "(control " in cell and "baseline 0" in cell
         if model in ZERO_SHOT:
             assert flat[f"{model}/h.transfer.zero_shot.auroc"] == probes["zero_shot"]["transfer"]["h"]["auroc"]
         else:
@@ -318,7 +332,6 @@ def test_markdown_has_one_column_per_model_and_a_labelled_published_column(run_r
     assert headline[0][-1].startswith("published") and "not computed" in headline[0][-1]
     published = {row[0]: row[-1] for row in headline[1:]}
     assert published["transfer: fit on Set A, scored on Set B, peak AUROC"] == report.PUBLISHED["transfer"]
-    assert published["patching success: top-1 becomes the source emotion, best layer (site h)"] == "46 - 67 %"
     assert [row[0] for row in headline[1:]][:5] == [
         "Set A (expressive), 8-class peak AUROC", "Set B (clinical vignettes), 8-class peak AUROC",
         "transfer: fit on Set A, scored on Set B, peak AUROC", "depth of the Set B peak layer, (l+1)/L",
@@ -375,14 +388,14 @@ def test_intervention_rows_are_present_only_for_models_with_intervention_outputs
     causal_keys = ("patching", "behaviour", "knockout", "heads")
     assert not any(k.startswith(tuple(f"tiny-gemma/{c}" for c in causal_keys)) or ".patching" in k
                    for k in flat if k.startswith("tiny-gemma/"))
-    assert "tiny-llama/h.patching.flip" in flat and "tiny-llama/heads.top1.drop" in flat
+    assert "tiny-llama/h.patching_recovery.first_layer" in flat and "tiny-llama/heads.top1.drop" in flat
     causal = tables(md)[3]
     assert causal[0][1:3] == list(MODELS) and all(r[2] == "—" and r[1] != "—" for r in causal[1:])
     knockout = root / "metrics" / "tiny-llama" / "knockout.json"      # optional, but wrong when present
     damaged = json.loads(knockout.read_text())
-    del damaged["m"]["mean"]["critical"]
+    del damaged["m"]["mean"]["critical_kl"]
     knockout.write_text(json.dumps(damaged))
-    with pytest.raises(DataError, match=r"llama/knockout\.json: missing or malformed entry \(KeyError: 'critical'\)$"):
+    with pytest.raises(DataError, match=r"llama/knockout\.json: missing or malformed entry \(KeyError: 'critical_kl'\)$"):
         summarize(root)
     for name in ("patching", "knockout", "heads"):                  # no model with interventions: no rows at all
         (root / "metrics" / "tiny-llama" / f"{name}.json").unlink()
@@ -392,16 +405,18 @@ def test_intervention_rows_are_present_only_for_models_with_intervention_outputs
     assert len(tables(md)) == 5 + len(MODELS) and flat["tiny-llama/h.set_b.auroc"] > 0.9
 
 
-def test_patching_without_answered_pairs_shows_a_dash(run_root, tmp_path):
+def test_patching_without_a_layer_above_half_and_a_denominator_covering_zero(run_root, tmp_path):
     root = copy_run(run_root, tmp_path)
     path = root / "metrics" / "tiny-llama" / "patching.json"
     patching = json.loads(path.read_text())
-    patching["h"].update(flip_answered=None, flip_answered_low=None, flip_answered_high=None)
+    patching["h"].update(first_layer=None, first_layer_low=None, first_layer_high=None)
+    patching["denominator"]["covers_zero"] = True
     path.write_text(json.dumps(patching))
     flat, md = summarize(root)
-    row = next(r for r in tables(md)[1] if r[0].startswith("patching: success on pairs whose source"))
-    assert row[1] == f"—, n {patching['n_answered']}"
-    assert flat["tiny-llama/h.patching.answered.flip"] is None
+    row = next(r for r in tables(md)[0] if r[0].startswith("patching h: first layer"))
+    assert row[1].startswith("layer none [none, none]; at layer ")
+    assert flat["tiny-llama/h.patching_recovery.first_layer"] is None
+    assert any("interval covers 0: recovery undefined" in r[0] for r in tables(md)[1])
 
 
 def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):

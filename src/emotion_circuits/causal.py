@@ -24,6 +24,9 @@ from .sites import KINDS, Intervention, Site
 log = logging.getLogger(__name__)
 
 
+ABLATIONS = ("zero", "mean", "resample")
+
+
 def _check_choices(values, allowed, where: str) -> None:
     for value in values:
         if value not in allowed:
@@ -38,54 +41,66 @@ class InterventionSettings:
     batch_size: int = 64
     skip_lower_layers: bool = True
     n_boot: int = 1000
+    n_flip: int = 1000
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ConfigError("params.yaml: interventions.batch_size: must be at least 1")
         if self.n_boot < 100:
             raise ConfigError("params.yaml: interventions.n_boot: must be at least 100")
+        if self.n_flip < 99:
+            raise ConfigError("params.yaml: interventions.n_flip: must be at least 99")
 
 
 @dataclass(frozen=True)
 class PatchingSettings:
-    """params.yaml `patching:`. per_pair: (target, source) stimulus pairs per ordered pair of emotions; layers: null
-    for every layer; behaviour_sets: sets on which the model's own accuracy is reported."""
+    """params.yaml `patching:`. per_source: source stimuli from each other emotion per target (every stimulus is a
+    target once); layers: null for every layer; behaviour_sets: sets on which the model's own accuracy is reported."""
     set: str = "B"
     sites: tuple[str, ...] = KINDS
     layers: tuple[int, ...] | None = None
-    per_pair: int = 2
+    per_source: int = 1
     behaviour_sets: tuple[str, ...] = ("A", "B")
 
     def __post_init__(self):
         _check_choices(self.sites, KINDS, "patching.sites")
-        if self.per_pair < 1:
-            raise ConfigError("params.yaml: patching.per_pair: must be at least 1")
+        if self.per_source < 1:
+            raise ConfigError("params.yaml: patching.per_source: must be at least 1")
 
 
 @dataclass(frozen=True)
 class KnockoutSettings:
-    """params.yaml `knockout:`. n_random: random directions (the control) per stimulus, site and layer."""
+    """params.yaml `knockout:`. ablations: zero, mean, resample; n_random: matched random controls per ablation,
+    stimulus, site and layer."""
     set: str = "B"
     sites: tuple[str, ...] = ("a", "m")
     layers: tuple[int, ...] | None = None
-    n_random: int = 1
+    ablations: tuple[str, ...] = ("zero", "mean")
+    n_random: int = 2
 
     def __post_init__(self):
         _check_choices(self.sites, ("a", "m"), "knockout.sites")
+        _check_choices(self.ablations, ABLATIONS, "knockout.ablations")
+        if not self.ablations:
+            raise ConfigError("params.yaml: knockout.ablations: give at least one of " + ", ".join(ABLATIONS))
         if self.n_random < 1:
             raise ConfigError("params.yaml: knockout.n_random: must be at least 1")
 
 
 @dataclass(frozen=True)
 class HeadSettings:
-    """params.yaml `heads:`. layers: null for every layer; top: how many ranked heads the metrics list."""
+    """params.yaml `heads:`. layers: null for every layer; top: heads ranked on one half and tested on the other;
+    n_random: matched random controls per tested head and stimulus."""
     set: str = "B"
     layers: tuple[int, ...] | None = None
     top: int = 10
+    n_random: int = 2
 
     def __post_init__(self):
         if self.top < 1:
             raise ConfigError("params.yaml: heads.top: must be at least 1")
+        if self.n_random < 1:
+            raise ConfigError("params.yaml: heads.n_random: must be at least 1")
 
 
 def resolve_layers(layers, n_layers: int, where: str) -> list[int]:
@@ -123,151 +138,219 @@ def clean_runs(engine: Engine, readout: Readout, tokenizer, template: str, stimu
     return Clean(prepared, log_probs, readout.top1(log_probs), np.array([s.emotion for s in stimuli]), mass)
 
 
-def design_pairs(labels: Sequence[str], emotions: Sequence[str], per_pair: int, seed: int):
-    """Ordered (target, source) index pairs of different emotions, `per_pair` for each ordered pair of emotions,
-    cycling through each emotion's stimuli in a seeded order so that targets and sources spread over the set; and
-    for each target its control source: the next stimulus of the same emotion. Returns (pairs `(n_pairs, 2)`,
-    control `{target: source}`)."""
+def scores(engine: Engine, readout: Readout, clean: Clean, prepared: Prepared, groups) -> torch.Tensor:
+    """The one readout of every experiment: `(len(groups), n_emotions)` answer log-probs of `prepared` under each
+    group of interventions (calibrated once the whole-word readout lands: `clean.calibrate(engine.run(...))`)."""
+    return readout.log_probs(engine.run(prepared, groups))
+
+
+def design_pairs(labels: Sequence[str], emotions: Sequence[str], per_source: int, seed: int):
+    """Every stimulus is a target once, with `per_source` sources from each other emotion (cycling through each
+    emotion's stimuli in a seeded order, so sources spread over the set and every ordered emotion pair is covered),
+    and one same-emotion control source: the next stimulus of its own emotion in that order.
+    Returns (pairs `(n_pairs, 2)` (target, source), control `(n,)` the control source of each target)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     order = {e: rng.permutation(np.flatnonzero(labels == e)) for e in emotions}
     thin = [e for e in emotions if len(order[e]) < 2]
     if thin:
         raise ConfigError(f"patching needs at least two stimuli of each emotion; {', '.join(thin)} has fewer")
-    next_target = dict.fromkeys(emotions, 0)
     next_source = dict.fromkeys(emotions, 0)
-    pairs = []
+    pairs, control = [], np.full(len(labels), -1)
     for target_emotion in emotions:
-        for source_emotion in emotions:
-            if source_emotion == target_emotion:
-                continue
-            for _ in range(per_pair):
-                t = order[target_emotion][next_target[target_emotion] % len(order[target_emotion])]
-                s = order[source_emotion][next_source[source_emotion] % len(order[source_emotion])]
-                next_target[target_emotion] += 1
-                next_source[source_emotion] += 1
-                pairs.append((int(t), int(s)))
-    control = {}
-    for t, _ in pairs:
-        same = list(order[labels[t]])
-        control[t] = int(same[(same.index(t) + 1) % len(same)])
+        same = list(order[target_emotion])
+        for k, t in enumerate(same):
+            control[t] = same[(k + 1) % len(same)]
+            for source_emotion in emotions:
+                if source_emotion == target_emotion:
+                    continue
+                for _ in range(per_source):
+                    src = order[source_emotion]
+                    pairs.append((int(t), int(src[next_source[source_emotion] % len(src)])))
+                    next_source[source_emotion] += 1
     return np.array(pairs), control
 
 
 @dataclass
 class PatchingResult:
-    """Per pair, site and layer `(n_pairs, n_sites, n_layers)`: flip (top-1 becomes the source emotion),
-    d_source / d_target (change in log-probability of the source / target emotion), for the patch and the control
-    patch; baseline_flip `(n_pairs,)`: the unpatched target already answers the source emotion; source_answered
-    `(n_pairs,)`: the source's own clean answer is its emotion (only then can a patch carry that answer over)."""
+    """Per pair (target, source): emotion indices tgt, src `(n_pairs,)`; clean logit differences
+    LD = score(source emotion) - score(target emotion) on the source's run (ld_source) and the target's (ld_target);
+    clean top-1 (emotion index) of the source and of the target. Per pair, site and layer `(n_pairs, n_sites,
+    n_layers)`: ld_patch / ld_control (LD of the patched target / of the target patched from its same-emotion
+    control source, both scored with the pair's emotions) and top1_patch / top1_control."""
     sites: list[str]
     layers: list[int]
     pairs: np.ndarray
-    flip: np.ndarray
-    d_source: np.ndarray
-    d_target: np.ndarray
-    control_flip: np.ndarray
-    control_d_source: np.ndarray
-    control_d_target: np.ndarray
-    baseline_flip: np.ndarray
-    source_answered: np.ndarray
+    tgt: np.ndarray
+    src: np.ndarray
+    ld_source: np.ndarray
+    ld_target: np.ndarray
+    top1_source: np.ndarray
+    top1_target: np.ndarray
+    ld_patch: np.ndarray
+    ld_control: np.ndarray
+    top1_patch: np.ndarray
+    top1_control: np.ndarray
 
 
 def patching(engine: Engine, readout: Readout, clean: Clean, sites: Sequence[str], layers: Sequence[int],
-             per_pair: int, seed: int) -> PatchingResult:
+             per_source: int, seed: int) -> PatchingResult:
     """Overwrite the target's site at the extraction position with the source's clean value, for every site and
-    layer; the source's value comes from its own clean run (read through the same hooks)."""
+    layer; per target, its sources and its same-emotion control run in one batch (7 * per_source + 1 groups per
+    cell)."""
     emotions = list(readout.emotions)
-    pairs, control = design_pairs(clean.labels, emotions, per_pair, seed)
+    pairs, control = design_pairs(clean.labels, emotions, per_source, seed)
     grid = [Site(kind, layer) for kind in sites for layer in layers]
-    shape = (len(pairs), len(sites), len(layers))
-    out = {k: np.zeros(shape, np.float32) for k in ("flip", "d_source", "d_target", "control_flip",
-                                                     "control_d_source", "control_d_target")}
-    emotion_index = {e: i for i, e in enumerate(emotions)}
+    cells = (len(sites), len(layers))
+    index = np.array([emotions.index(e) for e in clean.labels])
+    clean_lp = clean.log_probs.numpy()
+    tgt, src = index[pairs[:, 0]], index[pairs[:, 1]]
+    out = {k: np.zeros((len(pairs), *cells), np.float32) for k in ("ld_patch", "ld_control")}
+    out.update({k: np.zeros((len(pairs), *cells), np.int64) for k in ("top1_patch", "top1_control")})
     for t in tqdm(sorted(set(pairs[:, 0].tolist())), desc="patching", leave=False):
-        rows = np.flatnonzero(pairs[:, 0] == t)
-        sources = [int(pairs[r, 1]) for r in rows] + [control[t]]
+        mine = np.flatnonzero(pairs[:, 0] == t)
+        sources = [int(pairs[r, 1]) for r in mine] + [int(control[t])]
         groups = [[Intervention(site, "set", clean.prepared[s].sites[site])] for s in sources for site in grid]
-        lp = readout.log_probs(engine.run(clean.prepared[t], groups)).reshape(len(sources), *shape[1:], -1)
-        top1 = lp.argmax(-1).numpy()
-        base = clean.log_probs[t].numpy()
-        tgt = emotion_index[clean.labels[t]]
-        for j, r in enumerate(rows):
-            src = emotion_index[clean.labels[pairs[r, 1]]]
-            for prefix, k in (("", j), ("control_", len(sources) - 1)):
-                out[prefix + "flip"][r] = top1[k] == src
-                out[prefix + "d_source"][r] = lp[k, :, :, src].numpy() - base[src]
-                out[prefix + "d_target"][r] = lp[k, :, :, tgt].numpy() - base[tgt]
-    baseline = np.array([clean.top1[t] == clean.labels[s] for t, s in pairs], np.float32)
-    answered = np.array([clean.top1[s] == clean.labels[s] for _, s in pairs])
-    return PatchingResult(list(sites), list(layers), pairs, baseline_flip=baseline, source_answered=answered, **out)
+        lp = scores(engine, readout, clean, clean.prepared[t], groups).reshape(len(sources), *cells, -1).numpy()
+        for j, r in enumerate(mine):
+            for key, k in (("patch", j), ("control", len(sources) - 1)):
+                out[f"ld_{key}"][r] = lp[k, ..., src[r]] - lp[k, ..., tgt[r]]
+                out[f"top1_{key}"][r] = lp[k].argmax(-1)
+    top1 = clean_lp.argmax(-1)
+    return PatchingResult(list(sites), list(layers), pairs, tgt, src,
+                          ld_source=clean_lp[pairs[:, 1], src] - clean_lp[pairs[:, 1], tgt],
+                          ld_target=clean_lp[pairs[:, 0], src] - clean_lp[pairs[:, 0], tgt],
+                          top1_source=top1[pairs[:, 1]], top1_target=top1[pairs[:, 0]], **out)
 
 
-OPS = ("zero", "mean", "random")
+def unit_directions(rng: np.random.Generator, shape: tuple, dim: int) -> torch.Tensor:
+    """`(*shape, dim)` random unit vectors (isotropic)."""
+    u = torch.from_numpy(rng.standard_normal((*shape, dim)).astype(np.float32))
+    return u / u.norm(dim=-1, keepdim=True)
+
+
+def matched_controls(delta: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Displacements `(n_random, d)` of the same norm as the ablation's displacement `delta (d,)`, along the unit
+    `directions (n_random, d)`: the random control of an ablation v -> v + delta is v -> v + ||delta|| u."""
+    return directions * delta.norm()
 
 
 @dataclass
 class KnockoutResult:
-    """Per stimulus, site, layer and op (zero, mean, random) `(n, n_sites, n_layers, 3)`: changed (top-1 differs
-    from the clean answer), kl (KL of the clean answer distribution from the ablated one), drop (clean minus
-    ablated probability of the stimulus's own emotion); random is averaged over its n_random draws."""
+    """Per stimulus, site, layer and ablation `(n, n_sites, n_layers, n_ablations)`: drop (clean minus ablated
+    score of the stimulus's own emotion) and kl (KL(clean || ablated) over the eight), for the ablation and for the
+    mean over its n_random matched controls (control_drop, control_kl); norm: the ablation's displacement norm."""
     sites: list[str]
     layers: list[int]
-    changed: np.ndarray
-    kl: np.ndarray
+    ablations: list[str]
     drop: np.ndarray
+    kl: np.ndarray
+    control_drop: np.ndarray
+    control_kl: np.ndarray
+    norm: np.ndarray
 
 
-def _effects(readout: Readout, clean: Clean, i: int, log_probs: torch.Tensor):
-    """(changed, kl, drop) of ablated `(..., n_emotions)` log-probs against stimulus i's clean run."""
+def _effects(clean: Clean, i: int, own: int, log_probs: torch.Tensor):
+    """(drop, kl) of `(..., n_emotions)` log-probs against stimulus i's clean run."""
     base = clean.log_probs[i]
-    own = readout.emotions.index(clean.labels[i])
-    changed = (log_probs.argmax(-1) != base.argmax()).float()
-    kl = (base.exp() * (base - log_probs)).sum(-1)
-    drop = base[own].exp() - log_probs[..., own].exp()
-    return changed.numpy(), kl.clamp_min(0).numpy(), drop.numpy()
+    kl = (base.exp() * (base - log_probs)).sum(-1).clamp_min(0)
+    return (base[own] - log_probs[..., own]).numpy(), kl.numpy()
 
 
 def knockout(engine: Engine, readout: Readout, clean: Clean, sites: Sequence[str], layers: Sequence[int],
-             n_random: int, seed: int) -> KnockoutResult:
-    """Ablate a or m of one layer at the extraction position: zero, the set's mean, or a random direction with the
-    site's own norm (the control)."""
+             ablations: Sequence[str], n_random: int, seed: int) -> KnockoutResult:
+    """Ablate a or m of one layer at the extraction position (zero; the set's mean; resample: the value of another
+    stimulus drawn at random), each beside `n_random` matched controls that displace the site by the same norm in a
+    random direction (`add` of ||delta|| u, delta the ablation's displacement). (1 + n_random) * len(ablations)
+    groups per cell and stimulus."""
     grid = [Site(kind, layer) for kind in sites for layer in layers]
+    n = len(clean.prepared)
     means = {site: torch.stack([p.sites[site] for p in clean.prepared]).mean(0) for site in grid}
     d_model = means[grid[0]].shape[-1]
     rng = np.random.default_rng(seed)
-    shape = (len(clean.prepared), len(sites), len(layers), len(OPS))
-    out = {k: np.zeros(shape, np.float32) for k in ("changed", "kl", "drop")}
+    other = (np.arange(n) + rng.integers(1, n, size=n)) % n  # resample donor, never the stimulus itself
+    shape = (n, len(sites), len(layers), len(ablations))
+    out = {k: np.zeros(shape, np.float32) for k in ("drop", "kl", "control_drop", "control_kl", "norm")}
+    emotions = list(readout.emotions)
+    per = 1 + n_random
     for i, prep in enumerate(tqdm(clean.prepared, desc="knockout", leave=False)):
-        directions = torch.from_numpy(rng.standard_normal((len(grid), n_random, d_model)).astype(np.float32))
-        directions /= directions.norm(dim=-1, keepdim=True)
-        groups = []
+        directions = unit_directions(rng, (len(grid), len(ablations), n_random), d_model)
+        groups, norms = [], []
         for g, site in enumerate(grid):
-            groups += [[Intervention(site, "zero")], [Intervention(site, "set", means[site])]]
-            groups += [[Intervention(site, "random", directions[g, r])] for r in range(n_random)]
-        lp = readout.log_probs(engine.run(prep, groups)).reshape(len(sites), len(layers), 2 + n_random, -1)
-        for key, value in zip(("changed", "kl", "drop"), _effects(readout, clean, i, lp)):
-            out[key][i] = np.concatenate([value[..., :2], value[..., 2:].mean(-1, keepdims=True)], axis=-1)
-    return KnockoutResult(list(sites), list(layers), **out)
+            v = prep.sites[site]
+            for a, kind in enumerate(ablations):
+                value = {"zero": torch.zeros_like(v), "mean": means[site],
+                         "resample": clean.prepared[other[i]].sites.get(site)}[kind]
+                delta = value - v
+                groups.append([Intervention(site, "set", value)])
+                groups += [[Intervention(site, "add", c)] for c in matched_controls(delta, directions[g, a])]
+                norms.append(float(delta.norm()))
+        lp = scores(engine, readout, clean, prep, groups).reshape(len(sites), len(layers), len(ablations), per, -1)
+        drop, kl = _effects(clean, i, emotions.index(clean.labels[i]), lp)
+        out["drop"][i], out["kl"][i] = drop[..., 0], kl[..., 0]
+        out["control_drop"][i], out["control_kl"][i] = drop[..., 1:].mean(-1), kl[..., 1:].mean(-1)
+        out["norm"][i] = np.reshape(norms, shape[1:])
+    return KnockoutResult(list(sites), list(layers), list(ablations), **out)
+
+
+def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of n stimuli into (rank half, test half), sorted indices."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[:n // 2]), np.sort(order[n // 2:])
+
+
+def top_heads(rank_drop: np.ndarray, layers: Sequence[int], top: int) -> np.ndarray:
+    """`(min(top, n), 2)` (layer, head) of the largest mean drops of `rank_drop (n_stimuli, n_layers, n_heads)`."""
+    mean = rank_drop.mean(0).ravel()
+    n_heads = rank_drop.shape[2]
+    best = np.argsort(-mean, kind="stable")[:min(top, len(mean))]
+    return np.array([(layers[b // n_heads], b % n_heads) for b in best])
 
 
 @dataclass
 class HeadResult:
-    """Per stimulus, layer and head `(n, n_layers, n_heads)`: changed, kl, drop (as for knockout), zeroing one head's
-    slice of the attention output projection's input at the extraction position."""
+    """Split-half head ablation. rank_half, test_half: stimulus indices; rank_drop `(n_rank, n_layers, n_heads)`:
+    drop of the own-emotion score when one head's slice of the o_proj input is zeroed, on the rank half; tested
+    `(top, 2)` (layer, head) of the top-ranked heads; on the test half `(n_test, top)`: drop / kl of zeroing each
+    tested head and control_drop / control_kl the mean over n_random matched controls (the slice moved by its own
+    norm along a random direction in that slice)."""
     layers: list[int]
-    changed: np.ndarray
-    kl: np.ndarray
+    rank_half: np.ndarray
+    test_half: np.ndarray
+    rank_drop: np.ndarray
+    tested: np.ndarray
     drop: np.ndarray
+    kl: np.ndarray
+    control_drop: np.ndarray
+    control_kl: np.ndarray
 
 
-def heads(engine: Engine, readout: Readout, clean: Clean, layers: Sequence[int]) -> HeadResult:
+def heads(engine: Engine, readout: Readout, clean: Clean, layers: Sequence[int], top: int, n_random: int,
+          seed: int) -> HeadResult:
+    """Rank every head (of `layers`) by its mean drop on a random half of the stimuli; zero only the `top` heads
+    on the other half, each beside `n_random` same-norm random shifts in its own slice."""
     n_heads = engine.cfg.num_attention_heads
-    shape = (len(clean.prepared), len(layers), n_heads)
-    out = {k: np.zeros(shape, np.float32) for k in ("changed", "kl", "drop")}
+    head_dim = getattr(engine.cfg, "head_dim", None) or engine.cfg.hidden_size // n_heads
+    emotions = list(readout.emotions)
+    rank_half, test_half = split_halves(len(clean.prepared), seed)
     groups = [[Intervention(Site("a", layer), "zero", head=h)] for layer in layers for h in range(n_heads)]
-    for i, prep in enumerate(tqdm(clean.prepared, desc="heads", leave=False)):
-        lp = readout.log_probs(engine.run(prep, groups)).reshape(len(layers), n_heads, -1)
-        for key, value in zip(("changed", "kl", "drop"), _effects(readout, clean, i, lp)):
-            out[key][i] = value
-    return HeadResult(list(layers), **out)
+    rank_drop = np.zeros((len(rank_half), len(layers), n_heads), np.float32)
+    for k, i in enumerate(tqdm(rank_half, desc="heads (rank)", leave=False)):
+        lp = scores(engine, readout, clean, clean.prepared[i], groups).reshape(len(layers), n_heads, -1)
+        rank_drop[k] = _effects(clean, i, emotions.index(clean.labels[i]), lp)[0]
+    tested = top_heads(rank_drop, layers, top)
+    rng = np.random.default_rng(seed + 1)
+    shape = (len(test_half), len(tested))
+    out = {k: np.zeros(shape, np.float32) for k in ("drop", "kl", "control_drop", "control_kl")}
+    for k, i in enumerate(tqdm(test_half, desc="heads (test)", leave=False)):
+        directions = unit_directions(rng, (len(tested), n_random), head_dim)
+        groups = []
+        for t, (layer, h) in enumerate(tested):
+            site = Site("a", int(layer))
+            groups.append([Intervention(site, "zero", head=int(h))])
+            groups += [[Intervention(site, "shift", directions[t, r], head=int(h))] for r in range(n_random)]
+        lp = scores(engine, readout, clean, clean.prepared[i], groups).reshape(len(tested), 1 + n_random, -1)
+        drop, kl = _effects(clean, i, emotions.index(clean.labels[i]), lp)
+        out["drop"][k], out["kl"][k] = drop[:, 0], kl[:, 0]
+        out["control_drop"][k], out["control_kl"][k] = drop[:, 1:].mean(-1), kl[:, 1:].mean(-1)
+    return HeadResult(list(layers), rank_half, test_half, rank_drop, tested, **out)

@@ -9,10 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from . import stats
-from .causal import (OPS, HeadSettings, InterventionSettings, KnockoutSettings, PatchingSettings, clean_runs,
+from . import causal_summary
+from .causal import (HeadSettings, InterventionSettings, KnockoutSettings, PatchingSettings, clean_runs,
                      heads, knockout, patching, resolve_layers)
 from .config import ConfigError, Params
 from .interventions import Engine
@@ -65,119 +64,118 @@ def setup(params: Params, model: str, stage: str) -> Setup:
     return Setup(model, settings, shared, template, stimuli, engine, readout, layers, params.seed + SEED_OFFSET[stage])
 
 
-def _ci(name: str, values, n_boot: int, seed: int) -> dict:
-    """{name: mean, name_low, name_high}: bootstrap 95% interval over items (NaN, written as empty, if none)."""
-    values = np.asarray(values, np.float64).reshape(-1)
-    mean, low, high = stats.bootstrap_mean(values, n_boot=n_boot, seed=seed) if len(values) else (np.nan,) * 3
-    return {name: mean, f"{name}_low": low, f"{name}_high": high}
+def _clean(s: Setup, name: str, keep_cache: bool = True):
+    return clean_runs(s.engine, s.readout, s.engine.loaded.tokenizer, s.template, s.stimuli[name],
+                      keep_cache=keep_cache, desc=f"clean {name}")
 
 
 def run_patching(s: Setup):
     cfg, n_boot = s.settings, s.shared.n_boot
-    tok = s.engine.loaded.tokenizer
-    metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "per_pair": cfg.per_pair,
+    metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "per_source": cfg.per_source,
                "n_layers": s.engine.n_layers, "behaviour": {}, "answer_tokens": s.readout.by_emotion()}
     clean = None
     for name in dict.fromkeys([cfg.set, *cfg.behaviour_sets]):
-        run = clean_runs(s.engine, s.readout, tok, s.template, s.stimuli[name], keep_cache=name == cfg.set,
-                         desc=f"clean {name}")
+        run = _clean(s, name, keep_cache=name == cfg.set)
         metrics["behaviour"][name] = behaviour(s.readout, run.log_probs, run.labels, run.mass, n_boot, s.seed)
         log.info("%s set %s: accuracy %.3f (chance 0.125), answer-token mass %.3f", s.name, name,
                  metrics["behaviour"][name]["accuracy"], metrics["behaviour"][name]["answer_mass"])
         if name == cfg.set:
             clean = run
-    result = patching(s.engine, s.readout, clean, cfg.sites, s.layers, cfg.per_pair, s.seed)
-    answered = result.source_answered
+    result = patching(s.engine, s.readout, clean, cfg.sites, s.layers, cfg.per_source, s.seed)
+    summary = causal_summary.patching_summary(result, n_boot, s.seed, s.shared.n_flip)
     metrics.update(n_pairs=len(result.pairs), n_targets=len(set(result.pairs[:, 0].tolist())),
-                   n_answered=int(answered.sum()),
-                   baseline={**_ci("flip", result.baseline_flip, n_boot, s.seed),
-                             **_ci("flip_answered", result.baseline_flip[answered], n_boot, s.seed)})
-    fields = ("flip", "control_flip", "d_source", "control_d_source", "d_target", "control_d_target")
+                   n_interventions=len(clean.labels) * (7 * cfg.per_source + 1) * len(cfg.sites) * len(s.layers),
+                   denominator=summary["denominator"], baseline=summary["baseline"])
     detail, wide = [], {layer: {"layer": layer} for layer in result.layers}
-    for i, site in enumerate(result.sites):
-        rows = []
-        for j, layer in enumerate(result.layers):
-            row = {"site": site, "layer": layer, "depth": (layer + 1) / s.engine.n_layers}
-            for field in fields:
-                row.update(_ci(field, getattr(result, field)[:, i, j], n_boot, s.seed))
-            for field in ("flip", "control_flip"):  # pairs whose source the model itself answers right
-                row.update(_ci(f"{field}_answered", getattr(result, field)[answered, i, j], n_boot, s.seed))
-            row.update({f"baseline_{k}": v for k, v in metrics["baseline"].items()})
-            rows.append(row)
-            wide[layer].update({site: row["flip"], f"{site}_control": row["control_flip"],
-                                "baseline": metrics["baseline"]["flip"]})
-        peak = max(rows, key=lambda r: r["flip"])
-        metrics[site] = {"peak_layer": peak["layer"], **{k: v for k, v in peak.items() if k not in ("site", "layer",
-                         "depth") and not k.startswith("baseline")},
-                         "above_baseline": peak["flip_low"] > metrics["baseline"]["flip_high"],
-                         "above_control": peak["flip_low"] > peak["control_flip_high"]}
-        detail += rows
-    best = max(result.sites, key=lambda site: metrics[site]["flip"])
-    metrics["peak"] = {"site": best, "layer": metrics[best]["peak_layer"], "flip": metrics[best]["flip"],
-                       "flip_low": metrics[best]["flip_low"], "flip_high": metrics[best]["flip_high"],
-                       "control_flip": metrics[best]["control_flip"], "control_flip_low": metrics[best]["control_flip_low"],
-                       "control_flip_high": metrics[best]["control_flip_high"], "baseline_flip": metrics["baseline"]["flip"],
-                       "flip_answered": metrics[best]["flip_answered"]}
+    for row in summary["rows"]:
+        row["depth"] = (row["layer"] + 1) / s.engine.n_layers
+        site = row["site"]
+        wide[row["layer"]].update({site: row["recovery"], f"{site}_control": row["control_recovery"],
+                                   "baseline": row["baseline_recovery"]})
+        detail.append(row)
+    keys = ("recovery", "control_recovery", "recovery_minus_control", "transfer", "control_transfer", "flip",
+            "control_flip")
+    for site in result.sites:
+        rows = [r for r in summary["rows"] if r["site"] == site]
+        peak = max(rows, key=lambda r: r["recovery_minus_control"])
+        metrics[site] = {"peak_layer": peak["layer"], "above_control": peak["above_control"],
+                         **{k: peak[k] for k in peak if k.rsplit("_", 1)[0] in keys or k in keys}}
+    if "h" in summary:
+        metrics["h"].update(summary["h"])
+    if "best" in summary:
+        best = summary["best"]
+        row = next(r for r in summary["rows"] if r["site"] == best["site"] and r["layer"] == best["layer"])
+        metrics["best"] = {**best, **{k: row[k] for k in row if k.rsplit("_", 1)[0] in keys or k in keys}}
+        log.info("%s patching: best a/m cell %s%d recovery %.3f (control %.3f), max-statistic p %.3f", s.name,
+                 best["site"], best["layer"], row["recovery"], row["control_recovery"], best["p_max"])
     columns = ["layer", *result.sites, *[f"{site}_control" for site in result.sites], "baseline"]
     return metrics, [wide[layer] for layer in result.layers], detail, columns
 
 
 def run_knockout(s: Setup):
     cfg, n_boot = s.settings, s.shared.n_boot
-    clean = clean_runs(s.engine, s.readout, s.engine.loaded.tokenizer, s.template, s.stimuli[cfg.set],
-                       desc=f"clean {cfg.set}")
-    result = knockout(s.engine, s.readout, clean, cfg.sites, s.layers, cfg.n_random, s.seed)
+    clean = _clean(s, cfg.set)
+    result = knockout(s.engine, s.readout, clean, cfg.sites, s.layers, cfg.ablations, cfg.n_random, s.seed)
+    summary = causal_summary.knockout_summary(result, n_boot, s.seed, s.shared.n_flip)
     metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "n": len(clean.labels),
-               "n_random": cfg.n_random, "n_layers": s.engine.n_layers, "critical_metric": "kl"}
-    detail, wide = [], {layer: {"layer": layer} for layer in result.layers}
-    for i, site in enumerate(result.sites):
-        table = {}
-        for o, op in enumerate(OPS):
-            for j, layer in enumerate(result.layers):
-                row = {"site": site, "op": op, "layer": layer, "depth": (layer + 1) / s.engine.n_layers}
-                for field in ("changed", "kl", "drop"):
-                    row.update(_ci(field, getattr(result, field)[:, i, j, o], n_boot, s.seed))
-                table[op, layer] = row
-                wide[layer][f"{site}_{op}"] = row["kl"]
-                detail.append(row)
+               "n_random": cfg.n_random, "n_layers": s.engine.n_layers, "fdr": causal_summary.FDR,
+               "n_interventions": len(clean.labels) * len(cfg.sites) * len(s.layers) * len(cfg.ablations)
+               * (1 + cfg.n_random)}
+    wide = {layer: {"layer": layer} for layer in result.layers}
+    for row in summary["rows"]:
+        row["depth"] = (row["layer"] + 1) / s.engine.n_layers
+        name = f"{row['site']}_{row['ablation']}"
+        wide[row["layer"]].update({name: row["kl"], f"{name}_control": row["control_kl"]})
+    for site in result.sites:
         metrics[site] = {}
-        for op in OPS:
-            rows = [table[op, layer] for layer in result.layers]
-            peak = max(rows, key=lambda r: r["kl"])
-            entry = {"peak_layer": peak["layer"], **{k: peak[k] for k in peak if k.split("_")[0] in ("changed", "kl", "drop")}}
-            if op != "random":
-                critical = [r["layer"] for r in rows if r["kl"] > table["random", r["layer"]]["kl_high"]]
-                entry.update(critical=",".join(map(str, critical)), n_critical=len(critical))
-            metrics[site][op] = entry
-        log.info("%s knockout %s: critical layers (zero) %s, (mean) %s", s.name, site,
-                 metrics[site]["zero"]["critical"] or "none", metrics[site]["mean"]["critical"] or "none")
-    columns = ["layer", *[f"{site}_{op}" for site in result.sites for op in OPS]]
-    return metrics, [wide[layer] for layer in result.layers], detail, columns
+        for kind in result.ablations:
+            rows = [r for r in summary["rows"] if r["site"] == site and r["ablation"] == kind]
+            peak = max(rows, key=lambda r: r["kl_minus_control"])
+            entry = {"peak_layer": peak["layer"], **{k: peak[k] for k in peak
+                                                     if k.split("_")[0] in ("drop", "kl", "control", "norm")}}
+            for metric in ("kl", "drop"):
+                layers = summary["critical"][metric][site][kind]
+                entry[f"critical_{metric}"] = ",".join(map(str, layers))
+                entry[f"n_critical_{metric}"] = len(layers)
+            metrics[site][kind] = entry
+            log.info("%s knockout %s %s: critical layers (KL, BH %.2f, matched controls) %s", s.name, site, kind,
+                     causal_summary.FDR, entry["critical_kl"] or "none")
+    columns = ["layer", *[f"{site}_{kind}{c}" for site in result.sites for kind in result.ablations
+                          for c in ("", "_control")]]
+    return metrics, [wide[layer] for layer in result.layers], summary["rows"], columns
 
 
 def run_heads(s: Setup):
     cfg, n_boot = s.settings, s.shared.n_boot
-    clean = clean_runs(s.engine, s.readout, s.engine.loaded.tokenizer, s.template, s.stimuli[cfg.set],
-                       desc=f"clean {cfg.set}")
-    result = heads(s.engine, s.readout, clean, s.layers)
-    rows = []
+    clean = _clean(s, cfg.set)
+    result = heads(s.engine, s.readout, clean, s.layers, cfg.top, cfg.n_random, s.seed)
+    summary = causal_summary.heads_summary(result, n_boot, s.seed, s.shared.n_flip)
+    own = behaviour(s.readout, clean.log_probs, clean.labels, None, n_boot, s.seed)
+    at_chance = bool(own["accuracy_low"] <= own["chance"])
+    n_heads = result.rank_drop.shape[2]
+    metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "n_rank": len(result.rank_half),
+               "n_test": len(result.test_half), "n_heads": len(result.layers) * n_heads, "n_tested": len(result.tested),
+               "n_random": cfg.n_random, "fdr": causal_summary.FDR, "n_layers": s.engine.n_layers,
+               "accuracy": own["accuracy"], "accuracy_low": own["accuracy_low"], "accuracy_high": own["accuracy_high"],
+               "at_chance": at_chance, "survivors": ",".join(summary["survivors"]),
+               "n_survivors": len(summary["survivors"]),
+               "n_interventions": len(result.rank_half) * len(result.layers) * n_heads
+               + len(result.test_half) * len(result.tested) * (1 + cfg.n_random),
+               "top": {f"{r['rank']:02d}": r for r in summary["rows"]}}
+    log.info("%s heads: tested %s; survive BH: %s%s", s.name, ", ".join(r["name"] for r in summary["rows"][:5]),
+             metrics["survivors"] or "none", " (own-emotion accuracy at chance: no information)" if at_chance else "")
+    rank_mean = result.rank_drop.mean(0)
+    tested = {r["name"]: r for r in summary["rows"]}
+    ordered = []
     for j, layer in enumerate(result.layers):
-        for head in range(result.drop.shape[2]):
-            row = {"layer": layer, "head": head, "name": f"L{layer}H{head}",
-                   **_ci("drop", result.drop[:, j, head], n_boot, s.seed),
-                   "kl": float(result.kl[:, j, head].mean()), "changed": float(result.changed[:, j, head].mean())}
-            rows.append(row)
-    rows.sort(key=lambda r: (-r["drop"], r["layer"], r["head"]))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-    metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "n": len(clean.labels),
-               "n_heads": len(rows), "n_layers": s.engine.n_layers,
-               "n_positive": sum(r["drop_low"] > 0 for r in rows),
-               "top": {f"{r['rank']:02d}": {k: r[k] for k in ("name", "layer", "head", "drop", "drop_low", "drop_high",
-                                                              "kl", "changed")} for r in rows[:cfg.top]}}
-    log.info("%s heads: top %s", s.name, ", ".join(f"{r['name']} ({r['drop']:.3f})" for r in rows[:5]))
-    ordered = sorted(rows, key=lambda r: (r["layer"], r["head"]))
-    columns = ["layer", "head", "name", "rank", "drop", "drop_low", "drop_high", "kl", "changed"]
+        for head in range(n_heads):
+            name = f"L{layer}H{head}"
+            t = tested.get(name, {})
+            ordered.append({"layer": layer, "head": head, "name": name, "rank_drop": float(rank_mean[j, head]),
+                            **{k: t.get(k) for k in ("rank", "drop", "drop_low", "drop_high", "control_drop",
+                                                     "drop_minus_control", "q", "survives")}})
+    columns = ["layer", "head", "name", "rank_drop", "rank", "drop", "drop_low", "drop_high", "control_drop",
+               "drop_minus_control", "q", "survives"]
     return metrics, ordered, None, columns
 
 

@@ -342,7 +342,7 @@ def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
 SITE_COLORS = {"h": OKABE_ITO["blue"], "a": OKABE_ITO["vermillion"], "m": OKABE_ITO["green"]}
 SITE_NAMES = {"h": "h (residual)", "a": "a (attention out)", "m": "m (MLP out)"}
 KNOCKOUT_STYLES = {"zero": ("-", 0.2, "zeroed"), "mean": ("--", 0.0, "set mean"),
-                   "random": (":", 0.2, "random direction, same norm (control)")}     # op -> line, band, label
+                   "resample": ("-.", 0.0, "resampled (another stimulus)")}               # ablation -> line, band, label
 
 
 def _band(ax, frame: pd.DataFrame, key: str, color, ls="-", alpha=0.25, marker=None):
@@ -367,58 +367,55 @@ def _depth_axes(ax, title: str, ylabel: str) -> None:
 
 @styled
 def patching_layers(detail: dict[str, pd.DataFrame]) -> Figure:
-    """Patching success (top-1 answer becomes the source emotion) against relative depth, one panel per model
-    (`detail`: the stage's patching_detail.csv rows), one colour per site with its 95% interval; the control patch
-    (a source of the target's own emotion) dotted with a faint interval; the unpatched baseline (the target already
-    answers the source emotion) as a grey band."""
+    """Normalised logit-difference recovery against relative depth, one panel per model (`detail`: the stage's
+    patching_detail.csv rows), one colour per site with its two-way bootstrap 95% interval; the same-emotion
+    control patch dotted with a faint interval; the unpatched baseline is 0 by definition (grey line), 1 is the
+    source's own logit difference, and the dashed line marks 0.5 (the h headline's threshold)."""
     fig, axes = _panels(len(detail), 2.6 if len(detail) > 1 else 3.6)      # one column: legend in one column below
     sites = []
     for ax, (model, frame) in zip(axes, detail.items()):
-        base = frame.iloc[0]
-        ax.axhspan(base["baseline_flip_low"], base["baseline_flip_high"], color=GREY, alpha=0.3, lw=0, zorder=0)
-        ax.axhline(base["baseline_flip"], color=GREY, lw=0.8, ls=(0, (4, 3)), zorder=0)
+        ax.axhline(0, color=GREY, lw=0.8, zorder=0)
+        ax.axhline(0.5, color=GREY, lw=0.8, ls=(0, (4, 3)), zorder=0)
         for site, rows in frame.groupby("site", sort=False):
             color = SITE_COLORS.get(site, "k")
-            _band(ax, rows, "flip", color)
-            _band(ax, rows, "control_flip", color, ls=":", alpha=0.08)
+            _band(ax, rows, "recovery", color)
+            _band(ax, rows, "control_recovery", color, ls=":", alpha=0.08)
             sites += [site] if site not in sites else []
-        ax.set_ylim(0, 1)
-        _depth_axes(ax, model, "fraction of pairs")
+        _depth_axes(ax, model, "recovery of LD (source = 1)")
     handles = _site_handles(sites) + [
         Line2D([], [], color="k", ls=":", label="control patch (same emotion)"),
-        Line2D([], [], color=GREY, lw=4, alpha=0.5, label="unpatched baseline, 95% CI")]
+        Line2D([], [], color=GREY, lw=0.8, label="unpatched baseline (0)")]
     fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(detail) > 1 else 1, frameon=False)
     fig.suptitle("Activation patching at the last token" if len(detail) == 1 else
-                 "Activation patching at the last token: top-1 answer becomes the source emotion")
+                 "Activation patching at the last token: logit-difference recovery")
     return fig
 
 
 @styled
 def knockout_layers(detail: dict[str, pd.DataFrame]) -> Figure:
     """Effect of ablating one layer's site output at the extraction position (`detail`: the stage's
-    knockout_detail.csv rows): KL divergence of the ablated answer distribution from the clean one against relative
-    depth, one panel per model, one colour per site; zeroing solid and a random direction of the same norm (the
-    control) dotted, each with its 95% interval, the set mean dashed; a dot marks a critical layer (zeroing above the
-    control's interval, as the stage defines it). Unablated is 0 by definition (the x axis)."""
+    knockout_detail.csv rows): KL(clean || ablated) over the eight answers against relative depth, one panel per
+    model, one colour per site, one line style per ablation with its 95% interval; the mean of the matched random
+    controls (same displacement norm) of zeroing dotted; a dot marks a critical layer (the stage's kl_critical: BH
+    over layers x sites x ablations of the sign-flip test against the matched controls)."""
     fig, axes = _panels(len(detail), 2.6 if len(detail) > 1 else 3.8)      # one column: legend in one column below
     sites = []
     for ax, (model, frame) in zip(axes, detail.items()):
-        for (site, op), rows in frame.groupby(["site", "op"], sort=False):
+        for (site, op), rows in frame.groupby(["site", "ablation"], sort=False):
             ls, alpha, _ = KNOCKOUT_STYLES.get(op, ("-", 0.2, op))
-            _band(ax, rows, "kl", SITE_COLORS.get(site, "k"), ls=ls, alpha=alpha)
+            color = SITE_COLORS.get(site, "k")
+            _band(ax, rows, "kl", color, ls=ls, alpha=alpha)
+            if op == "zero":
+                _band(ax, rows, "control_kl", color, ls=":", alpha=0.08)
             sites += [site] if site not in sites else []
-        for site, rows in frame.groupby("site", sort=False):
-            zero = rows[rows["op"] == "zero"].set_index("layer")
-            rand = rows[rows["op"] == "random"].set_index("layer")
-            critical = zero.loc[zero.index.intersection(rand.index)]
-            critical = critical[critical["kl"] > rand.loc[critical.index, "kl_high"]]
-            ax.plot(critical["depth"], critical["kl"], "o", color=SITE_COLORS.get(site, "k"), ms=4, mec="white",
-                    mew=0.6, ls="")
+            critical = rows[rows["kl_critical"].astype(bool)]
+            ax.plot(critical["depth"], critical["kl"], "o", color=color, ms=4, mec="white", mew=0.6, ls="")
         ax.set_ylim(bottom=0)
         _depth_axes(ax, model, "KL(clean || ablated), nats")
     handles = _site_handles(sites) + [Line2D([], [], color="k", ls=ls, label=label)
                                       for ls, _, label in KNOCKOUT_STYLES.values()]
-    handles.append(Line2D([], [], marker="o", color="k", mec="white", ls="", label="critical: zeroed above control CI"))
+    handles.append(Line2D([], [], color="k", ls=":", label="matched random control of zeroing (same norm)"))
+    handles.append(Line2D([], [], marker="o", color="k", mec="white", ls="", label="critical: above controls, BH"))
     fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(detail) > 1 else 1, frameon=False)
     fig.suptitle("Knockout of one layer's output at the last token")
     return fig
@@ -431,18 +428,19 @@ def _ticks(n: int, most: int = 10) -> range:
 
 @styled
 def heads_heatmap(heads: dict[str, pd.DataFrame]) -> Figure:
-    """Drop in the probability of the stimulus's own emotion when one attention head is zeroed at the extraction
-    position (`heads`: the stage's heads.csv rows), layer (rows, first at the bottom) by head (columns), one panel per
-    model; a dot marks heads whose 95% interval lies above 0. Diverging colours centred on 0, one scale for all."""
+    """Drop in the stimulus's own-emotion score when one attention head is zeroed at the extraction position, on the
+    ranking half of the stimuli (`heads`: the stage's heads.csv rows), layer (rows, first at the bottom) by head
+    (columns), one panel per model; a dot marks the tested heads that survive BH against matched controls on the
+    other half. Diverging colours centred on 0, one scale for all."""
     fig, axes = _panels(len(heads), 3.2, ncols=min(len(heads), 2))
-    matrices = {m: f.pivot(index="layer", columns="head", values="drop").sort_index().sort_index(axis=1)
+    matrices = {m: f.pivot(index="layer", columns="head", values="rank_drop").sort_index().sort_index(axis=1)
                 for m, f in heads.items()}
     limit = max([1e-3] + [float(np.nanmax(np.abs(m.to_numpy()))) for m in matrices.values()])
     image = None
     for ax, (model, matrix) in zip(axes, matrices.items()):
         image = ax.imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto",
                           interpolation="nearest")
-        sure = heads[model][heads[model]["drop_low"] > 0]
+        sure = heads[model][heads[model]["survives"].fillna(False).astype(bool)]
         rows, cols = list(matrix.index), list(matrix.columns)
         ax.plot([cols.index(h) for h in sure["head"]], [rows.index(l) for l in sure["layer"]], "o", color="k",
                 ms=3, mec="white", mew=0.6, ls="")
@@ -452,8 +450,9 @@ def heads_heatmap(heads: dict[str, pd.DataFrame]) -> Figure:
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(model)
-    fig.colorbar(image, ax=list(axes), shrink=0.8, label="drop in own-emotion probability\n(clean minus ablated)")
-    fig.legend(handles=[Line2D([], [], marker="o", color="k", mec="white", ls="", ms=4, label="95% CI above 0")],
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="drop in own-emotion score, ranking half\n(clean minus ablated)")
+    fig.legend(handles=[Line2D([], [], marker="o", color="k", mec="white", ls="", ms=4,
+                               label="held-out half: survives BH vs control")],
                loc="outside lower center", frameon=False)
     fig.suptitle("Single-head ablation at the last token")
     return fig

@@ -97,6 +97,8 @@ def _edit(x: torch.Tensor, plan, lo=None, hi=None) -> torch.Tensor:
                     new = values
                 elif op == "add":
                     new = target + values
+                elif op == "shift":  # moved by its own norm along the unit direction (zeroing's matched control)
+                    new = target + values * target.norm(dim=-1, keepdim=True)
                 else:  # random: the given unit direction, scaled to the site's own norm
                     new = values * target.norm(dim=-1, keepdim=True)
             x[0, columns, lo:hi] = new

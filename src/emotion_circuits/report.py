@@ -206,24 +206,60 @@ def probe_table(model: str, probes: dict, site: str, flat: dict) -> list[list[st
     return body
 
 
+def _vs(m: dict, key: str, control: str, baseline: float | None = None) -> Cell:
+    """`m[key]` with its interval, the control's value and interval beside it (and the baseline, when given)."""
+    cell, other = ci(m, key), ci(m, control)
+    text = f"{cell.text} (control {other.text}" + ("" if baseline is None else f", baseline {baseline:g}") + ")"
+    return Cell(text, {**cell.stats, **{f"control_{k}" if not k.startswith("control") else k: v
+                                        for k, v in other.stats.items()},
+                       **({} if baseline is None else {"baseline": baseline})})
+
+
 def patching_rows(patching: dict) -> tuple[list, list]:
-    """(headline, controls) rows of the patching stage: success at the best layer of site h (or of the best site when
-    h was not patched), then at that layer the unpatched baseline, the control patch (a source of the target's own
-    emotion), the success on pairs whose source the model answers right, and the number of pairs."""
-    if not patching:
+    """(headline, controls) rows of the patching stage, every causal number beside its control and baseline.
+    Headline: the h curve's first layer where recovery exceeds 0.5 (patching h late copies the source by
+    construction), its two-way bootstrap range, and the recovery there beside the same-emotion control; controls:
+    the best a / m cell (recovery minus control, max-statistic p), answer transfer and flip rate at that cell, the
+    denominator (whether its interval covers 0) and the pair count."""
+    if not patching or "denominator" not in patching:
         return [], []
-    site = HEADLINE_SITE if HEADLINE_SITE in patching else patching["peak"]["site"]
-    m, p = patching[site], f"{site}.patching"
-    headline = [(p, f"patching success: top-1 becomes the source emotion, best layer (site {site})",
-                 ci(m, "flip", pct=True, layer=m["peak_layer"]))]
-    controls = [(f"{p}.baseline", "patching: unpatched baseline (the target already answers the source emotion)",
-                 ci(patching["baseline"], "flip", pct=True)),
-                (f"{p}.control", "patching: control patch (source of the target's own emotion), same layer",
-                 ci(m, "control_flip", "flip", pct=True)),
-                (f"{p}.answered", "patching: success on pairs whose source the model answers right, same layer",
-                 ci(m, "flip_answered", "flip", pct=True, n=patching["n_answered"])),
-                (f"{p}.pairs", "patching: source-target pairs per layer", number(patching["n_pairs"], "n", "{:d}"))]
-    return headline, controls
+    rows, controls = [], []
+    h = patching.get("h")
+    if h:
+        first = h.get("first_layer")
+        low, high = h.get("first_layer_low"), h.get("first_layer_high")
+        shown = lambda x: "none" if x is None else f"{x:g}"
+        text = (f"layer {shown(first)} [{shown(low)}, {shown(high)}]; at layer {h['peak_layer']} recovery "
+                f"{_vs(h, 'recovery', 'control_recovery', 0.0).text}")
+        rows.append(("h.patching_recovery", "patching h: first layer where recovery exceeds 0.5 [bootstrap range]; "
+                     "best layer recovery vs same-emotion control and baseline",
+                     Cell(text, {"first_layer": first, "first_layer_low": low, "first_layer_high": high,
+                                 "layer": h["peak_layer"], **_vs(h, "recovery", "control_recovery", 0.0).stats})))
+    best = patching.get("best")
+    if best:
+        cell = _vs(best, "recovery_minus_control", "control_recovery", 0.0)
+        where = f"{best['site']}{best['layer']}"
+        controls.append(("patching.best", "patching a / m: best cell, recovery minus control "
+                         "(control recovery, baseline; max-statistic p over cells)",
+                         Cell(f"{where}: {ci(best, 'recovery_minus_control').text} (recovery "
+                              f"{ci(best, 'recovery').text}, control {ci(best, 'control_recovery').text}, baseline 0;"
+                              f" p_max {best['p_max']:.3g})",
+                              {**cell.stats, "recovery": best["recovery"], "p_max": best["p_max"],
+                               "layer": best["layer"]})))
+        base = patching["baseline"]
+        controls.append(("patching.best.transfer", "patching a / m best cell: answer transfer (patched top-1 = "
+                         "source's clean top-1) vs control and unpatched baseline",
+                         _vs(best, "transfer", "control_transfer", round(base["baseline_transfer"], 3))))
+        controls.append(("patching.best.flip", "patching a / m best cell: flip rate among pairs not already "
+                         "answering the source emotion, vs control (baseline 0)",
+                         _vs(best, "flip", "control_flip", 0.0)))
+    d = patching["denominator"]
+    controls.append(("patching.denominator", "patching: denominator mean(LD_source - LD_target)"
+                     + (" (interval covers 0: recovery undefined)" if d["covers_zero"] else ""),
+                     ci(d, "denominator")))
+    controls.append(("patching.pairs", "patching: target-source pairs (every item a target once)",
+                     number(patching["n_pairs"], "n", "{:d}")))
+    return rows, controls
 
 
 def behaviour_rows(patching: dict) -> list[tuple]:
@@ -233,34 +269,42 @@ def behaviour_rows(patching: dict) -> list[tuple]:
 
 
 def knockout_rows(knockout: dict) -> list[tuple]:
-    """Per ablated site: the layers where zeroing (or the set mean) moves the answer distribution more than a random
-    direction of the same norm (KL, nats; mean above the random direction's interval), and the largest KL."""
+    """Per ablated site and ablation: the layers whose ablation moves the answer distribution (KL) more than
+    matched random controls of the same displacement norm (sign-flip test over stimuli, BH over layers x sites x
+    ablations), and the largest KL beside its control."""
     rows = []
     for site in (s for s in SITES if s in knockout):
-        for op, how in (("zero", "zeroing"), ("mean", "the set mean")):
-            o = knockout[site][op]
+        for op, o in knockout[site].items():
             rows.append((f"knockout.{site}.{op}.critical",
-                         f"knockout {site}: layers where {how} moves the answer more than a random direction (KL)",
-                         Cell(o["critical"].replace(",", ", ") or "none", {"n": o["n_critical"]})))
-        z = knockout[site]["zero"]
-        rows.append((f"knockout.{site}.peak", f"knockout {site}: largest KL(clean || zeroed) of one layer, nats",
-                     ci(z, "kl", layer=z["peak_layer"])))
+                         f"knockout {site} ({op}): layers where KL exceeds matched same-norm controls "
+                         f"(BH q < {knockout.get('fdr', 0.05):g})",
+                         Cell(o["critical_kl"].replace(",", ", ") or "none", {"n": o["n_critical_kl"]})))
+            rows.append((f"knockout.{site}.{op}.peak", f"knockout {site} ({op}): largest KL minus control of one layer "
+                         "(KL vs matched control), nats",
+                         Cell(f"{ci(o, 'kl_minus_control').text}, layer {o['peak_layer']} (KL {ci(o, 'kl').text}, "
+                              f"control {ci(o, 'control_kl').text})",
+                              {**ci(o, "kl_minus_control").stats, "kl": o["kl"], "control_kl": o["control_kl"],
+                               "layer": o["peak_layer"]})))
     return rows
 
 
 def head_rows(heads: dict) -> list[tuple]:
-    """The heads whose removal costs the most probability of the stimulus's own emotion (up to 3), and how many
-    heads cost any (drop interval above 0)."""
-    top = [heads["top"][k] for k in sorted(heads.get("top", {}))][:3]
-    rows = []
-    for i, t in enumerate(top, 1):
-        cell = ci(t, "drop")
-        rows.append((f"heads.top{i}", f"heads: rank {i}, drop in own-emotion probability when that one head is zeroed",
-                     Cell(f"{t['name']}: {cell.text}", {**cell.stats, "layer": t["layer"], "head": t["head"]})))
+    """Heads ranked on one half of the stimuli and tested on the other against same-norm random shifts (BH over the
+    tested heads): the survivors, and the first-ranked head's drop beside its control; flagged when the model's
+    own-emotion accuracy interval covers chance (head effects then carry no information)."""
+    if "n_tested" not in heads:
+        return []
+    chance = " (own-emotion accuracy at chance: no information)" if heads.get("at_chance") else ""
+    rows = [("heads.survivors", f"heads: tested on the held-out half, survive BH vs matched controls{chance}",
+             Cell(f"{heads['survivors'].replace(',', ', ') or 'none'} ({heads['n_survivors']} of "
+                  f"{heads['n_tested']} tested)", {"n": heads["n_survivors"], "of": heads["n_tested"],
+                                                   "at_chance": heads.get("at_chance")}))]
+    top = heads.get("top", {}).get("01")
     if top:
-        rows.append(("heads.positive", "heads: number whose drop interval is above 0",
-                     Cell(f"{heads['n_positive']} of {heads['n_heads']}",
-                          {"n": heads["n_positive"], "of": heads["n_heads"]})))
+        cell = _vs(top, "drop", "control_drop")
+        rows.append(("heads.top1", f"heads: first-ranked head, held-out drop in own-emotion score vs control{chance}",
+                     Cell(f"{top['name']}: {cell.text}, q {top['q']:.3g}",
+                          {**cell.stats, "layer": top["layer"], "head": top["head"], "q": top["q"]})))
     return rows
 
 

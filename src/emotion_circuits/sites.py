@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 KINDS = ("h", "a", "m")
-OPS = ("set", "add", "zero", "random")
+OPS = ("set", "add", "zero", "random", "shift")
 
 
 class SiteError(ValueError):
@@ -53,7 +53,8 @@ class Site:
 class Intervention:
     """Change one site at one token position of every sequence in the batch.
 
-    op: set (value), add (value), zero, random (value is a unit direction; the site keeps its norm).
+    op: set (value), add (value), zero, random (value is a unit direction; the site keeps its norm), shift (value is
+    a unit direction u; the site moves to x + ||x|| u, the same displacement norm as zeroing it: its matched control).
     value: `(d_model,)` or `(batch, d_model)`. head: with kind 'a', act on that attention head only (its slice of
     the input to the output projection), which is how single heads are ablated.
     """
@@ -66,7 +67,7 @@ class Intervention:
     def __post_init__(self):
         if self.op not in OPS:
             raise SiteError(f"intervention op {self.op!r}: expected one of {', '.join(OPS)}")
-        if self.op in ("set", "add", "random") and self.value is None:
+        if self.op in ("set", "add", "random", "shift") and self.value is None:
             raise SiteError(f"intervention {self.op} at {self.site}: needs a value")
         if self.head is not None and self.site.kind != "a":
             raise SiteError(f"intervention on head {self.head} at {self.site}: heads belong to site kind 'a'")
@@ -144,6 +145,8 @@ def _apply(x: torch.Tensor, iv: Intervention, lo: int | None = None, hi: int | N
             new = value.expand_as(target)
         elif iv.op == "add":
             new = target + value
+        elif iv.op == "shift":
+            new = target + value.expand_as(target) * target.norm(dim=-1, keepdim=True)
         else:  # random: the given direction, scaled to the site's own norm
             new = value.expand_as(target) * target.norm(dim=-1, keepdim=True)
     x[:, pos, lo:hi] = new

@@ -318,3 +318,58 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     out = np.empty(m)
     out[order] = np.minimum(q, 1.0)
     return out.reshape(p.shape)
+
+
+# ------------------------------------------------------------------------------------------------- causal
+
+
+def two_way_counts(rows: np.ndarray, cols: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """`(n_boot, n_pairs)` multiplicities of a two-way cluster bootstrap of pairs `(rows[k], cols[k])` (e.g. target
+    and source items): rows and cols are resampled independently and a pair is kept as often as the product of its
+    row's and its column's draw counts, so pairs that share an item move together."""
+    r = np.unique(rows, return_inverse=True)[1]
+    c = np.unique(cols, return_inverse=True)[1]
+    rng = np.random.default_rng(seed)
+    nr, nc = r.max() + 1, c.max() + 1
+    count_r = index_counts(rng.integers(0, nr, size=(n_boot, nr)), nr)
+    count_c = index_counts(rng.integers(0, nc, size=(n_boot, nc)), nc)
+    return count_r[:, r] * count_c[:, c]
+
+
+def weighted_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Resampled means `(n_boot, ...)` of `values (n, ...)` under multiplicities `counts (n_boot, n)` (NaN where a
+    resample keeps nothing)."""
+    flat = np.asarray(values, np.float64).reshape(len(values), -1)
+    total = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (counts @ flat) / total[:, None]
+    return out.reshape(len(counts), *np.shape(values)[1:])
+
+
+def interval(point, resampled: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """(point, low, high): percentile interval of `resampled (n_boot,)` (non-finite resamples dropped)."""
+    resampled = np.asarray(resampled, np.float64)
+    if not np.isfinite(resampled).any():
+        return float(point), np.nan, np.nan
+    return (float(point), *_percentiles(resampled, level))
+
+
+def sign_flips(n: int, n_flip: int, seed: int) -> np.ndarray:
+    """`(n_flip, n)` random signs +-1 drawn from `seed`."""
+    return np.random.default_rng(seed).choice(np.array([-1.0, 1.0]), size=(n_flip, n))
+
+
+def sign_flip_test(diffs: np.ndarray, n_flip: int, seed: int, scale=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """One-sided sign-flip test of `diffs (n_units, n_cells)` (paired differences per unit, e.g. ablation minus its
+    matched control per stimulus, or patch minus control summed over a target item's pairs), H0: each unit's
+    difference is symmetric about 0. The statistic per cell is the sum over units divided by `scale` (scalar or
+    `(n_cells,)`, default n_units, i.e. the mean). One flip vector is used in every cell, so the max over cells has
+    its null too. Returns (statistic `(n_cells,)`, per-cell p `(n_cells,)`, max-statistic p of the largest cell);
+    p-values count the observed statistic (never 0). NaN units (no pair) count as 0."""
+    d = np.nan_to_num(np.asarray(diffs, np.float64).reshape(len(diffs), -1))
+    scale = len(d) if scale is None else np.asarray(scale, np.float64)
+    observed = d.sum(axis=0) / scale
+    null = (sign_flips(len(d), n_flip, seed) @ d) / scale
+    p_cell = (1 + (null >= observed - 1e-12).sum(axis=0)) / (1 + n_flip)
+    p_max = (1 + (null.max(axis=1) >= observed.max() - 1e-12).sum()) / (1 + n_flip)
+    return observed, p_cell, float(p_max)
