@@ -173,6 +173,7 @@ def test_heads_split_half_and_matches_the_plain_path(setup):
     ("knockout", KnockoutSettings, {"ablations": ["zero", "noise"]},
      "params.yaml: knockout.ablations: 'noise' is not one of zero, mean, resample"),
     ("heads", HeadSettings, {"n_random": 0}, "params.yaml: heads.n_random: must be at least 1"),
+    ("knockout", KnockoutSettings, {"layer_step": 0}, "params.yaml: knockout.layer_step: must be at least 1"),
     ("interventions", InterventionSettings, {"n_flip": 10}, "params.yaml: interventions.n_flip: must be at least 99"),
     ("patching", PatchingSettings, {"layer": [1]}, "params.yaml: patching.layer: unknown key"),
     ("knockout", KnockoutSettings, {"sites": ["h"]}, "params.yaml: knockout.sites: 'h' is not one of a, m"),
@@ -188,6 +189,7 @@ def test_bad_settings(section, cls, raw, message):
 def test_layers_resolved_and_checked():
     assert resolve_layers(None, 4, "heads.layers") == [0, 1, 2, 3]
     assert resolve_layers((3, 1, 3), 4, "heads.layers") == [1, 3]
+    assert resolve_layers(None, 8, "patching.layers", step=3) == [1, 4, 7]
     with pytest.raises(ConfigError, match=r"params.yaml: patching.layers: layer 30 out of range \(the model has "
                                           r"layers 0..29\)"):
         resolve_layers((0, 30), 30, "patching.layers")

@@ -55,30 +55,36 @@ class InterventionSettings:
 @dataclass(frozen=True)
 class PatchingSettings:
     """params.yaml `patching:`. per_source: source stimuli from each other emotion per target (every stimulus is a
-    target once); layers: null for every layer; behaviour_sets: sets on which the model's own accuracy is reported."""
+    target once); layers: null for every `layer_step`-th layer counted back from the last; behaviour_sets: sets on which the model's own accuracy is reported."""
     set: str = "B"
     sites: tuple[str, ...] = KINDS
     layers: tuple[int, ...] | None = None
+    layer_step: int = 1
     per_source: int = 1
     behaviour_sets: tuple[str, ...] = ("A", "B")
 
     def __post_init__(self):
         _check_choices(self.sites, KINDS, "patching.sites")
+        if self.layer_step < 1:
+            raise ConfigError("params.yaml: patching.layer_step: must be at least 1")
         if self.per_source < 1:
             raise ConfigError("params.yaml: patching.per_source: must be at least 1")
 
 
 @dataclass(frozen=True)
 class KnockoutSettings:
-    """params.yaml `knockout:`. ablations: zero, mean, resample; n_random: matched random controls per ablation,
+    """params.yaml `knockout:`. layers, layer_step: as for patching. ablations: zero, mean, resample; n_random: matched random controls per ablation,
     stimulus, site and layer."""
     set: str = "B"
     sites: tuple[str, ...] = ("a", "m")
     layers: tuple[int, ...] | None = None
+    layer_step: int = 1
     ablations: tuple[str, ...] = ("zero", "mean")
     n_random: int = 2
 
     def __post_init__(self):
+        if self.layer_step < 1:
+            raise ConfigError("params.yaml: knockout.layer_step: must be at least 1")
         _check_choices(self.sites, ("a", "m"), "knockout.sites")
         _check_choices(self.ablations, ABLATIONS, "knockout.ablations")
         if not self.ablations:
@@ -103,10 +109,11 @@ class HeadSettings:
             raise ConfigError("params.yaml: heads.n_random: must be at least 1")
 
 
-def resolve_layers(layers, n_layers: int, where: str) -> list[int]:
-    """The configured layers (None: all), each checked against the model's depth."""
+def resolve_layers(layers, n_layers: int, where: str, step: int = 1) -> list[int]:
+    """The configured layers, each checked against the model's depth; None: every `step`-th layer counted back from
+    the last (which is always included)."""
     if layers is None:
-        return list(range(n_layers))
+        return sorted(range(n_layers - 1, -1, -step))
     if not layers:
         raise ConfigError(f"params.yaml: {where}: empty list (use null for every layer)")
     for layer in layers:

@@ -57,7 +57,7 @@ def setup(params: Params, model: str, stage: str) -> Setup:
                               f"(stimuli: {', '.join(params.stimuli)})")
     stimuli = {name: load_stimuli(params.stimulus_file(name), name) for _, name in keys}
     loaded = load_model(model, params)
-    layers = resolve_layers(settings.layers, loaded.n_layers, f"{stage}.layers")
+    layers = resolve_layers(settings.layers, loaded.n_layers, f"{stage}.layers", getattr(settings, "layer_step", 1))
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
     engine = Engine(loaded, rows=readout.token_ids, batch_size=shared.batch_size,
                     skip_lower_layers=shared.skip_lower_layers)
