@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from emotion_circuits import stats
-from emotion_circuits.probes import Task, _max_p, null_orders, ridge_null
+from emotion_circuits.probes import ProbeSettings, Task, _max_p, nested_job, null_orders, ridge_null
 
 
 def null_rates(kind: str, paired: bool, n_sets: int, signal: float = 0.0, n_perm: int = 99, layers: int = 3):
@@ -81,3 +81,36 @@ def test_pair_swap_null_holds_its_level_and_has_power_where_the_free_shuffle_has
     power_free = null_rates("free", True, 60, signal=0.5)
     power = null_rates("design", True, 60, signal=0.5)
     assert power[1] > 0.8 and power_free[1] < 0.3, (power, power_free)
+
+
+def equal_information_margins(n_sets: int, n_layers: int = 4, repeats: int = 3):
+    """Per simulated data set (binary, 30 + 30 items, 3 folds): (nested margin, low, high) and the old peak-layer
+    margin. Every layer and the baseline are independent noisy views (5 dims, signal 0.8 sd on one) of the same
+    label: the true margin is 0."""
+    settings = ProbeSettings(seed=0, folds=3, repeats=repeats, n_boot=200)
+    nested, peak = [], []
+    for seed in range(n_sets):
+        rng = np.random.default_rng(seed)
+        y = np.repeat([0, 1], 30)
+        views = rng.normal(size=(n_layers + 1, len(y), 5))
+        views[:, :, 0] += 0.8 * (2 * y - 1)
+        X, base = views[:-1].transpose(1, 0, 2), views[-1]
+        folds = stats.splits(y, 3, seed, repeats=repeats)
+        task = Task("t", ("B",), y, folds)
+        probe = np.stack([nested_job(task, X, settings, r)[0] for r in range(repeats)])
+        baseline = np.stack([stats.cv_proba(base, y, f) for f in folds])
+        nested.append(stats.repeated_auroc(y, probe, 200, seed, minus=baseline))
+        layers = [np.stack([stats.cv_proba(X[:, layer], y, f) for f in folds]) for layer in range(n_layers)]
+        best = int(np.argmax([np.mean([stats.auroc(y, p) for p in stack]) for stack in layers]))
+        peak.append(stats.repeated_auroc(y, layers[best], 200, seed, minus=baseline)[0])
+    return np.array(nested), np.array(peak)
+
+
+def test_nested_margin_is_unbiased_where_the_peak_margin_is_not():
+    """Equal-information data sets. Measured (80 sets, 3 repeats): nested margin mean +0.013, its interval covers 0
+    in 93.8%; the old peak-layer margin mean +0.067 (biased upward: the peak is the best of 4 noisy layers chosen
+    on the scored items). The test runs 40 sets x 2 repeats."""
+    nested, peak = equal_information_margins(40, repeats=2)
+    covered = np.mean((nested[:, 1] <= 0) & (0 <= nested[:, 2]))
+    assert abs(nested[:, 0].mean()) < 0.02 and covered >= 0.9, (nested[:, 0].mean(), covered)
+    assert peak.mean() > 0.025, peak.mean()

@@ -267,8 +267,12 @@ def test_controls_nested_baselines_and_mdl_on_separable_data(separable):
         for task in ("set_a", "set_b", "transfer", "b_vs_n"):
             t = m[task]
             assert t["best_baseline_auroc"] == max(b["auroc"] for b in t["baselines"].values())
-            assert t[site]["margin"] == pytest.approx(t[site]["auroc"] - t["best_baseline_auroc"], abs=1e-9)
+            probe = t[site]["auroc"] if task == "transfer" else t[site]["nested_auroc"]   # the nested probe
+            assert t[site]["margin"] == pytest.approx(probe - t["best_baseline_auroc"], abs=1e-9)
             assert t[site]["margin_low"] <= t[site]["margin"] <= t[site]["margin_high"]
+            assert t[site]["margins"][t["best_baseline"]]["margin"] == t[site]["margin"]
+            assert ("peak_margin_optimistic" in t[site]) == (task != "transfer")
+            assert t["baseline_repeats"] == ("none (fit on Set A)" if task == "transfer" else "1")  # not repeat 0
     assert set(m["set_b"]["baselines"]) == {"length", "polarity", "bow", "tfidf"}   # no embeddings given
     for task in ("set_a", "set_b"):
         assert m[task]["ridge_agreement"]["corr"] > 0.9

@@ -377,8 +377,9 @@ def _run_jobs(jobs, n_jobs: int, desc: str) -> list:
 # ---------------------------------------------------------------------------------------------------- nested
 
 
-def nested_job(task: Task, X: np.ndarray, settings: ProbeSettings) -> tuple[np.ndarray, np.ndarray, float]:
-    """Nested estimate on the first repeat's folds: inside each training fold, the layer with the best inner-CV
+def nested_job(task: Task, X: np.ndarray, settings: ProbeSettings, repeat: int = 0
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Nested estimate on the folds of repeat `repeat`: inside each training fold, the layer with the best inner-CV
     ridge AUROC is chosen (inner grouped splits), then the logistic probe at that layer is fit on the training fold
     and scores the held-out fold. `X (n, n_layers, d)`. Returns (out-of-fold proba `(n, k)`, chosen layer per
     outer fold, seconds)."""
@@ -386,10 +387,10 @@ def nested_job(task: Task, X: np.ndarray, settings: ProbeSettings) -> tuple[np.n
     y, codes, k = task.y, task.codes, task.k
     proba = np.zeros((len(y), k))
     chosen = []
-    for o, (train, test) in enumerate(task.folds[0]):
+    for o, (train, test) in enumerate(task.folds[repeat]):
         g = None if task.groups is None else task.groups[train]
         inner = stats.splits(y[train], settings.folds - 1 if settings.folds > 2 else 2,
-                             settings.seed + SEED_OFFSET["nested"] + o, g)[0]
+                             settings.seed + SEED_OFFSET["nested"] + o + 100 * repeat, g)[0]
         Y = stats.one_hot(codes[train], k)[None]
         inner_auroc = [stats.auroc_many(codes[train][None], stats.ridge_scores(
             stats.ridge_hats(X[train, layer], inner, settings.ridge_alpha), Y))[0] for layer in range(X.shape[1])]
@@ -574,7 +575,12 @@ def _max_p(nulls: np.ndarray) -> float:
 
 def _variant_metrics(curves: dict, tasks: dict[str, Task], settings: ProbeSettings) -> dict:
     """Per task: the peak of every site (transfer: at the layer Set A's CV peaks), the null there, the
-    max-over-layers p per site and over layers x sites per task, BH over layers x sites, ridge/logistic agreement."""
+    max-over-layers p per site and over layers x sites per task, BH over layers x sites, ridge/logistic agreement.
+
+    The reported peak is the logistic mean over repeats; its `p_max_layers` is the p of the ridge maximum over
+    layers (first repeat, `ridge_peak_layer`/`ridge_peak_auroc`, reported beside it) against the maximum of the same
+    statistic under each permutation: a test that no layer carries signal, which holds its level whichever layer
+    is reported (the per-layer p at the chosen peak would not)."""
     out = {}
     for name in HEADLINE:
         by_site = curves[name]
@@ -589,6 +595,8 @@ def _variant_metrics(curves: dict, tasks: dict[str, Task], settings: ProbeSettin
             m[site] = {"peak_layer": layer, "peak_depth": (layer + 1) / n_layers, "auroc": s.auroc, "low": s.low,
                        "high": s.high, "accuracy": s.accuracy, "null_mean": s.null_mean, "null_p95": s.null_p95,
                        "ridge_auroc": s.ridge, "p_max_layers": _max_p(nulls[site]),
+                       "ridge_peak_layer": int(np.argmax(nulls[site][:, 0])),
+                       "ridge_peak_auroc": float(np.max(nulls[site][:, 0])),
                        "n_layers_bh": int(np.sum(q[site] < 0.05)) if q is not None else None}
             if name == "b_vs_n":
                 m[site].update(_saturation(scores, settings.saturation))
@@ -689,7 +697,7 @@ def _run_probes(folder, settings: ProbeSettings, control_folder=None, items: dic
     metrics = {"n_layers": data["A"].shape[1], "d_model": data["A"].shape[2], "n_boot": settings.n_boot,
                "n_perm": settings.n_perm, "repeats": settings.repeats,
                **_variant_metrics(main, tasks, settings)}
-    _add_nested(metrics, data, tasks, settings, seconds)
+    nested = _add_nested(metrics, data, tasks, settings, seconds)
     metrics["set_c"] = _set_c(data, tasks, main, settings)
     start = time.perf_counter()
     metrics["mdl"] = _mdl(data, tasks, main, settings)
@@ -702,7 +710,7 @@ def _run_probes(folder, settings: ProbeSettings, control_folder=None, items: dic
         metrics["zero_shot"] = _variant_metrics(curves["zero_shot."], tasks, settings)
     if items:
         start = time.perf_counter()
-        _add_baselines(metrics, data, tasks, main, items, embeddings, settings)
+        _add_baselines(metrics, data, tasks, main, nested, items, embeddings, settings)
         seconds["baselines"] += time.perf_counter() - start
     domain_rows = []
     if items:
@@ -751,20 +759,41 @@ def _stack(data, task: Task, site: str) -> np.ndarray:
     return np.concatenate([data[s].sites[site] for s in task.inputs]).astype(np.float64)
 
 
-def _add_nested(metrics, data, tasks, settings, seconds) -> None:
-    """The nested estimate (layer chosen inside training folds) beside each CV task's peak, per site."""
+def evaluation_repeats(settings: ProbeSettings) -> list[int]:
+    """The CV repeats that text baselines, the nested estimate and their margins are reported on: 1..R-1. Repeat 0
+    uses `seed` itself, the seed the stimulus sets were checked (and edited) against with the grouped bag of
+    words, so a baseline scored there is tuned on its own evaluation split; with `repeats: 1` it is all there is
+    (logged)."""
+    if settings.repeats < 2:
+        log.warning("probes.repeats = 1: text baselines and margins use repeat 0, the seed the sets were checked on")
+        return [0]
+    return list(range(1, settings.repeats))
+
+
+def _add_nested(metrics, data, tasks, settings, seconds) -> dict:
+    """The nested estimate (layer chosen inside training folds) beside each CV task's peak, per site, on the
+    `evaluation_repeats`, with its own interval (stimulus bootstrap and refit variance). Returns
+    `{(task, site): (R', n, k)}` out-of-fold probabilities for the margins over the baselines."""
     keys, jobs = [], []
     for name in CV_TASKS:
         for site in SITES:
-            keys.append((name, site))
-            jobs.append(delayed(nested_job)(tasks[name], _stack(data, tasks[name], site), settings))
+            X = _stack(data, tasks[name], site)
+            for r in evaluation_repeats(settings):
+                keys.append((name, site))
+                jobs.append(delayed(nested_job)(tasks[name], X, settings, r))
+    found = defaultdict(list)
     for (name, site), (proba, chosen, secs) in zip(keys, _run_jobs(jobs, settings.n_jobs, "nested")):
-        task = tasks[name]
-        point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot,
-                                                 settings.seed + SEED_OFFSET["bootstrap"], groups=task.groups)
-        metrics[name][site].update(nested_auroc=point, nested_low=low, nested_high=high,
-                                   nested_layers=" ".join(map(str, chosen)))
+        found[name, site].append((proba, chosen))
         seconds["nested"] += secs
+    out = {}
+    for (name, site), runs in found.items():
+        task = tasks[name]
+        out[name, site] = np.stack([p for p, _ in runs])
+        point, low, high = stats.repeated_auroc(task.y, out[name, site], settings.n_boot,
+                                                settings.seed + SEED_OFFSET["bootstrap"], task.groups)
+        metrics[name][site].update(nested_auroc=point, nested_low=low, nested_high=high,
+                                   nested_layers=" ".join(map(str, runs[0][1])))
+    return out
 
 
 def _mdl(data, tasks, curves, settings) -> dict:
@@ -805,13 +834,19 @@ def _embedded(data, embeddings: dict | None, sets) -> np.ndarray | None:
         raise DataError(f"stimulus {err} of the activations has no input embedding") from None
 
 
-def _add_baselines(metrics, data, tasks, curves, items, embeddings, settings) -> None:
-    """Text-only baselines of every headline task on its own splits, and per site probe minus the best baseline
-    (highest mean AUROC) with a paired interval (same stimulus resamples and repeats)."""
+def _add_baselines(metrics, data, tasks, curves, nested, items, embeddings, settings) -> None:
+    """Text-only baselines of every headline task on its own splits, on the `evaluation_repeats` (not the seed the
+    sets were checked on), and per site the margins over them with paired intervals (same stimulus resamples and
+    repeats): `margin` = the nested probe (CV tasks; transfer: the layer chosen on Set A) minus the best baseline
+    (highest AUROC; conservative when baselines tie), `margins[method]` the same against each baseline, and
+    `peak_margin_optimistic` the peak layer's margin (biased upward: the peak is chosen on the scored items)."""
     seed = settings.seed + SEED_OFFSET["bootstrap"]
+    repeats = evaluation_repeats(settings)
     keys, jobs = [], []
     for name in HEADLINE:   # one job per (task, method): the baselines' fits are independent
         task = tasks[name]
+        if task.folds is not None:
+            task = dataclasses.replace(task, folds=[task.folds[r] for r in repeats])
         scored = task.inputs if task.folds is not None else task.inputs[1:]
         feats = text_features(_texts(data, task, items, scored), _embedded(data, embeddings, scored))
         fit = None
@@ -835,14 +870,25 @@ def _add_baselines(metrics, data, tasks, curves, items, embeddings, settings) ->
         metrics[name]["baselines"] = found
         metrics[name]["best_baseline"] = best
         metrics[name]["best_baseline_auroc"] = found[best]["auroc"]
+        metrics[name]["baseline_repeats"] = "none (fit on Set A)" if task.folds is None else \
+            " ".join(map(str, repeats))
         for site in SITES:
             m = metrics[name][site]
-            probe = curves[name][site][m["peak_layer"]].probas
-            base = probas[best]
-            if len(base) != len(probe):  # transfer: one fit each; otherwise both have `repeats` rows
-                base = np.repeat(base[:1], len(probe), axis=0)
-            d, lo, hi = stats.repeated_auroc(task.y, probe, settings.n_boot, seed, task.groups, minus=base)
-            m.update(margin=d, margin_low=lo, margin_high=hi)
+            peak = curves[name][site][m["peak_layer"]].probas
+            probe = peak if task.folds is None else nested[name, site]
+            margins = {}
+            for method, base in probas.items():
+                if len(base) != len(probe):  # transfer: one fit each
+                    base = np.repeat(base[:1], len(probe), axis=0)
+                margins[method] = dict(zip(("margin", "low", "high"), stats.repeated_auroc(
+                    task.y, probe, settings.n_boot, seed, task.groups, minus=base)))
+            m["margins"] = margins
+            m.update(margin=margins[best]["margin"], margin_low=margins[best]["low"],
+                     margin_high=margins[best]["high"])
+            if task.folds is not None:
+                d, lo, hi = stats.repeated_auroc(task.y, peak[repeats], settings.n_boot, seed, task.groups,
+                                                 minus=probas[best])
+                m.update(peak_margin_optimistic=d, peak_margin_optimistic_low=lo, peak_margin_optimistic_high=hi)
 
 
 def _add_domains(metrics, data, tasks, curves, items, settings) -> list[dict]:
