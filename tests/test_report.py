@@ -309,7 +309,7 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
         b = probes["set_b"]["h"]
         row = next(r for r in tables(md)[0] if r[0].startswith("Set B"))
         column = list(MODELS).index(model) + 1
-        assert row[column] == f"{b['auroc']:.3f} [{b['low']:.3f}, {b['high']:.3f}]"
+        assert row[column].split(";")[0] == f"{b['auroc']:.3f} [{b['low']:.3f}, {b['high']:.3f}]"
     assert flat["text_only/b_vs_n.length.auroc"] == STIMULI["baselines"]["b_vs_n"]["length"]["auroc"]
     pair = json.loads((metrics / "cka.json").read_text())["pairs"]["tiny-llama__tiny-gemma"]
     assert flat["cka/tiny-llama__tiny-gemma.mean_matched_debiased"] == pair["mean_matched_cka_debiased"]
@@ -332,9 +332,10 @@ def test_markdown_has_one_column_per_model_and_a_labelled_published_column(run_r
     assert headline[0][-1].startswith("published") and "not computed" in headline[0][-1]
     published = {row[0]: row[-1] for row in headline[1:]}
     assert published["transfer: fit on Set A, scored on Set B, peak AUROC"] == report.PUBLISHED["transfer"]
-    assert [row[0] for row in headline[1:]][:5] == [
+    assert [row[0] for row in headline[1:]][:6] == [
         "Set A (expressive), 8-class peak AUROC", "Set B (clinical vignettes), 8-class peak AUROC",
-        "transfer: fit on Set A, scored on Set B, peak AUROC", "depth of the Set B peak layer, (l+1)/L",
+        "transfer: fit on Set A, scored on Set B, peak AUROC", "B vs N (grouped by pair), peak AUROC",
+        "depth of the Set B peak layer, (l+1)/L",
         "first layer with B-vs-N AUROC >= 0.999"]
     assert "length 0.71 [0.65, 0.75]" in next(r for r in headline if r[0].startswith("first layer"))[-2]
     zero_shot = next(r for r in found[1] if r[0] == "transfer A->B: zero-shot prompt, peak AUROC")

@@ -23,7 +23,7 @@ PUBLISHED_LABEL = "published (Keeman 2026; reference text, not computed)"
 # DESIGN.md §1, copied as text: shown beside our numbers for reference, never used in a computation.
 PUBLISHED = {"set_a": "~1.00 in every model", "set_b": "0.934 - 0.989", "transfer": "0.79 - 0.92",
              "peak_depth": "52 - 100 %", "saturation": "by layer 3 - 6", "patching": "46 - 67 %"}
-BASELINE_TASKS = {"set_b": "set_b_8class", "saturation": "b_vs_n"}   # row -> metrics/stimuli.json baselines key
+BASELINE_TASKS = {"set_b": "set_b_8class", "b_vs_n": "b_vs_n", "saturation": "b_vs_n"}   # row -> metrics/stimuli.json baselines key
 
 
 @dataclass
@@ -85,7 +85,8 @@ def ci(m: dict, key: str, name: str | None = None, pct: bool = False, **more) ->
     """`m[key]` with its interval (`key_low`/`key_high`, or `low`/`high`), 3 decimals or whole percent, "—" when
     null (NaN in the stage); `more` are extra numbers shown after it (e.g. layer=12)."""
     name = name or key
-    lo, hi = (f"{key}_low", f"{key}_high") if f"{key}_low" in m else ("low", "high")
+    stem = key.rsplit("_", 1)[0]   # nested_auroc -> nested_low / nested_high (never the peak's low / high)
+    lo, hi = next(((f"{k}_low", f"{k}_high") for k in (key, stem) if f"{k}_low" in m), ("low", "high"))
     v, low, high = m[key], m[lo], m[hi]
     if v is None:                       # no items to average (e.g. no pair whose source the model answers right)
         text = "—"
@@ -130,11 +131,33 @@ def baseline_text(baselines: dict | None, task: str) -> Cell:
 # ------------------------------------------------------------------ rows: (key, label, Cell) for one model
 
 
+def headline_probe(t: dict, site: str) -> Cell:
+    """A headline probe cell: the peak AUROC with its interval, the nested estimate with ITS OWN interval, and, when
+    the probes stage ran its text baselines, the best one and the nested margin over it with its paired interval
+    (transfer: the layer chosen on Set A stands in for the nested probe)."""
+    m = t[site]
+    cell = ci(m, "auroc")
+    text, found = cell.text, dict(cell.stats)
+    if "nested_auroc" in m:
+        nested = ci(m, "nested_auroc", "nested")
+        text += f"; nested {nested.text}"
+        found.update(nested.stats)
+    if "best_baseline" in t:
+        text += (f"; best text baseline {t['best_baseline']} {t['best_baseline_auroc']:.3f}, "
+                 f"{'nested' if 'nested_auroc' in m else 'probe'} - baseline {m['margin']:+.3f} "
+                 f"[{m['margin_low']:+.3f}, {m['margin_high']:+.3f}]")
+        found.update(baseline_auroc=t["best_baseline_auroc"], margin=m["margin"], margin_low=m["margin_low"],
+                     margin_high=m["margin_high"])
+    return Cell(text, found)
+
+
 def probe_rows(probes: dict, site: str, thr: str, suffix: str = "") -> list[tuple]:
     """The published study's probe rows for one model at one site."""
-    rows = [("set_a", "Set A (expressive), 8-class peak AUROC", ci(probes["set_a"][site], "auroc")),
-            ("set_b", "Set B (clinical vignettes), 8-class peak AUROC", ci(probes["set_b"][site], "auroc")),
-            ("transfer", "transfer: fit on Set A, scored on Set B, peak AUROC", ci(probes["transfer"][site], "auroc")),
+    rows = [("set_a", "Set A (expressive), 8-class peak AUROC", headline_probe(probes["set_a"], site)),
+            ("set_b", "Set B (clinical vignettes), 8-class peak AUROC", headline_probe(probes["set_b"], site)),
+            ("transfer", "transfer: fit on Set A, scored on Set B, peak AUROC", headline_probe(probes["transfer"],
+                                                                                              site)),
+            ("b_vs_n", "B vs N (grouped by pair), peak AUROC", headline_probe(probes["b_vs_n"], site)),
             ("peak_depth", "depth of the Set B peak layer, (l+1)/L", depth(probes["set_b"][site])),
             ("saturation", f"first layer with B-vs-N AUROC >= {thr}", saturation(probes["b_vs_n"][site]))]
     return [(f"{site}.{key}", label + suffix, cell) for key, label, cell in rows]
@@ -173,8 +196,8 @@ def control_rows(probes: dict, site: str) -> list[tuple]:
     return [(f"{site}.{key}", label, cell) for key, label, cell in rows]
 
 
-PROBE_HEADER = ("task", "AUROC [95% CI] (layer)", "null 95th pct", "best text baseline",
-                "probe - baseline [95% CI]", "p (max-over-layers null)", "nested [95% CI]")
+PROBE_HEADER = ("task", "AUROC [95% CI] (layer)", "null 95th pct", "best text baseline (probes stage)",
+                "nested - baseline [95% CI]", "p (max-over-layers null)", "nested [95% CI]")
 PROBE_TASKS = (("set_a", "Set A, 8-class"), ("set_b", "Set B, 8-class"),
                ("transfer", "transfer A->B (layer chosen on Set A)"), ("b_vs_n", "B vs N (grouped by pair)"))
 
@@ -466,7 +489,10 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
                                    probe_table(m, probes, HEADLINE_SITE, summary.flat),
                                    "Repeated grouped CV; interval: stimulus (pair) bootstrap with one repeat per "
                                    "resample; null: label permutations of a closed-form ridge probe on the same "
-                                   "splits; margin: paired bootstrap, same resamples."))
+                                   "splits; baselines, nested estimate and margin on repeats 1..R-1 (repeat "
+                                   "0's seed is the one the sets were checked on); margin: nested probe (transfer: "
+                                   "layer chosen on Set A) minus the best baseline, paired bootstrap, same "
+                                   "resamples and repeats."))
     return summary
 
 
