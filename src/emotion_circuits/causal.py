@@ -55,7 +55,8 @@ class InterventionSettings:
 @dataclass(frozen=True)
 class PatchingSettings:
     """params.yaml `patching:`. per_source: source stimuli from each other emotion per target (every stimulus is a
-    target once); layers: null for every `layer_step`-th layer counted back from the last; behaviour_sets: sets on which the model's own accuracy is reported."""
+    target once); layers: null for every `layer_step`-th layer counted back from the last; behaviour_sets: sets on
+    which the model's own accuracy is reported."""
     set: str = "B"
     sites: tuple[str, ...] = KINDS
     layers: tuple[int, ...] | None = None
@@ -73,8 +74,8 @@ class PatchingSettings:
 
 @dataclass(frozen=True)
 class KnockoutSettings:
-    """params.yaml `knockout:`. layers, layer_step: as for patching. ablations: zero, mean, resample; n_random: matched random controls per ablation,
-    stimulus, site and layer."""
+    """params.yaml `knockout:`. layers, layer_step: as for patching. ablations: zero, mean, resample; n_random:
+    matched random controls per ablation, stimulus, site and layer."""
     set: str = "B"
     sites: tuple[str, ...] = ("a", "m")
     layers: tuple[int, ...] | None = None
