@@ -18,14 +18,14 @@ from emotion_circuits.causal import (HeadSettings, InterventionSettings, Knockou
                                      clean_runs, design_pairs, heads, knockout, patching, resolve_layers)
 from emotion_circuits.config import EMOTIONS, ConfigError, load_params, parse_section
 from emotion_circuits.extract import tokenize_prompt
-from emotion_circuits.interventions import Engine, plain_logits
-from emotion_circuits.readout import Readout
+from emotion_circuits.interventions import Engine, plain_scores
+from emotion_circuits.readout import AnswerSettings, Readout
 from emotion_circuits.sites import Intervention, Site
 from emotion_circuits.stimuli import Stimulus
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = {"rage": ["rage"], "grief": ["grief"], "terror": ["terror"], "ecstasy": ["ecstasy"], "loathing": ["loathing"],
-         "amazement": ["amazement"], "admiration": ["pride"], "vigilance": ["vigilance"]}  # distinct first bytes
+WORDS = {"admiration": ["pride"]}  # the other emotions score their own names (multi-token, byte-level)
+ANSWERS = AnswerSettings(words=WORDS)
 TEMPLATE = "Text: {text}\nAnswer:"
 ATOL = 1e-5
 
@@ -38,16 +38,21 @@ def stimuli(set_name: str = "B", per_emotion: int = 2) -> list[Stimulus]:
 @pytest.fixture(scope="module")
 def setup():
     loaded = tiny_model("llama")
-    readout = Readout.build(loaded.tokenizer, WORDS)
-    engine = Engine(loaded, rows=readout.token_ids, batch_size=16)
-    clean = clean_runs(engine, readout, loaded.tokenizer, TEMPLATE, stimuli())
+    readout = Readout.build(loaded.tokenizer, ANSWERS)
+    engine = Engine(loaded, readout, batch_size=16)
+    clean = clean_runs(engine, loaded.tokenizer, TEMPLATE, stimuli(), ANSWERS)
     return loaded, readout, engine, clean
 
 
-def head_log_probs(engine, readout, h):
-    """Answer distribution of the output layer applied to a final residual `(d_model,)`."""
+def head_log_probs(engine, readout, clean, i, h):
+    """Calibrated answers of stimulus i when its last token's final residual becomes `h (d_model,)`: only the
+    words' first tokens change (the label tokens at the last layer attend to keys computed from its unchanged
+    input), so raw = clean raw + new minus clean log-prob of each word's first token (one word per emotion)."""
+    first = [seq[0] for seq in readout.sequences]
     with torch.inference_mode():
-        return readout.log_probs(engine._head(engine.base.norm(h[None]), engine.weight, engine.bias))[0]
+        lp = [torch.log_softmax(engine.model.lm_head(engine.base.norm(x[None])).float(), -1)[0, first]
+              for x in (h, clean.prepared[i].resid[-1, 0])]
+    return clean.calibrate(clean.prepared[i].raw + lp[0] - lp[1])
 
 
 def test_design_pairs_cover_every_ordered_pair():
@@ -68,25 +73,26 @@ def test_design_pairs_cover_every_ordered_pair():
         design_pairs(np.array([e for e in labels if e != "grief"] + ["grief"]), EMOTIONS, 1, 0)
 
 
-def test_patching_at_the_last_residual_gives_the_source_answer(setup):
-    """Overwriting h[L-1] makes the target's answer exactly the source's clean answer: flip, d_source and d_target
-    follow from the clean runs alone. Same-emotion control and baseline likewise."""
+def test_patching_at_the_last_residual_known_answer(setup):
+    """Overwriting h[L-1] with the source's value gives the target the source's first-token distribution while the
+    later label tokens still read the target's prompt (multi-token words): flip, d_source and d_target follow from
+    `head_log_probs`. Same-emotion control and baseline likewise."""
     _, readout, engine, clean = setup
     last = engine.n_layers - 1
     result = patching(engine, readout, clean, ["h"], [last], per_pair=1, seed=3)
-    lp = clean.log_probs.numpy()
+    lp = clean.log_probs
     index = {e: i for i, e in enumerate(EMOTIONS)}
     _, control = design_pairs(clean.labels, EMOTIONS, 1, 3)
     for r, (t, s) in enumerate(result.pairs):
         src, tgt = index[clean.labels[s]], index[clean.labels[t]]
-        assert result.flip[r, 0, 0] == (clean.top1[s] == clean.labels[s])
-        assert result.d_source[r, 0, 0] == pytest.approx(lp[s, src] - lp[t, src], abs=ATOL)
-        assert result.d_target[r, 0, 0] == pytest.approx(lp[s, tgt] - lp[t, tgt], abs=ATOL)
         c = control[t]
-        assert result.control_flip[r, 0, 0] == (clean.top1[c] == clean.labels[s])
-        assert result.control_d_source[r, 0, 0] == pytest.approx(lp[c, src] - lp[t, src], abs=ATOL)
+        patched, ctrl = (head_log_probs(engine, readout, clean, int(t), clean.prepared[x].resid[-1, 0]) for x in (s, c))
+        assert result.flip[r, 0, 0] == (patched.argmax() == src)
+        assert result.d_source[r, 0, 0] == pytest.approx(float(patched[src] - lp[t, src]), abs=ATOL)
+        assert result.d_target[r, 0, 0] == pytest.approx(float(patched[tgt] - lp[t, tgt]), abs=ATOL)
+        assert result.control_flip[r, 0, 0] == (ctrl.argmax() == src)
+        assert result.control_d_source[r, 0, 0] == pytest.approx(float(ctrl[src] - lp[t, src]), abs=ATOL)
         assert result.baseline_flip[r] == (clean.top1[t] == clean.labels[s])
-    assert np.array_equal(result.flip[:, 0, 0] == 1, result.source_answered)  # the flip needs a source answered right
 
 
 def test_patching_a_stimulus_into_itself_changes_nothing(setup):
@@ -94,7 +100,7 @@ def test_patching_a_stimulus_into_itself_changes_nothing(setup):
     prep = clean.prepared[0]
     sites = [Site(k, layer) for k in "ham" for layer in range(engine.n_layers)]
     out = engine.run(prep, [[Intervention(site, "set", prep.sites[site])] for site in sites])
-    torch.testing.assert_close(readout.log_probs(out), clean.log_probs[0].expand(len(sites), -1), rtol=0, atol=ATOL)
+    torch.testing.assert_close(clean.calibrate(out), clean.log_probs[0].expand(len(sites), -1), rtol=0, atol=ATOL)
 
 
 def test_knockout_known_answers_at_the_last_layer(setup):
@@ -107,8 +113,8 @@ def test_knockout_known_answers_at_the_last_layer(setup):
     for i, prep in enumerate(clean.prepared):
         base = clean.log_probs[i]
         own = EMOTIONS.index(clean.labels[i])
-        for o, residual in enumerate([prep.resid[last] + prep.sites[a], prep.resid[last] + prep.sites[a] + mean_m]):
-            lp = head_log_probs(engine, readout, residual)
+        for o, residual in enumerate([prep.resid[last, 0] + prep.sites[a], prep.resid[last, 0] + prep.sites[a] + mean_m]):
+            lp = head_log_probs(engine, readout, clean, i, residual)
             kl = float((base.exp() * (base - lp)).sum())
             assert result.kl[i, 0, 0, o] == pytest.approx(max(kl, 0.0), abs=ATOL)
             assert result.drop[i, 0, 0, o] == pytest.approx(float(base[own].exp() - lp[own].exp()), abs=ATOL)
@@ -122,7 +128,7 @@ def test_head_ablation_matches_the_plain_path(setup):
     assert result.drop.shape == (16, 2, loaded.model.config.num_attention_heads)
     ids = tokenize_prompt(loaded.tokenizer, TEMPLATE, stimuli()[5].text).ids
     groups = [[Intervention(Site("a", 2), "zero", head=h)] for h in range(4)]
-    lp = readout.log_probs(plain_logits(loaded, ids, groups, rows=readout.token_ids))
+    lp = clean.calibrate(plain_scores(loaded, readout, ids, groups))
     own = EMOTIONS.index(clean.labels[5])
     expected = clean.log_probs[5, own].exp() - lp[:, own].exp()
     np.testing.assert_allclose(result.drop[5, 1], expected.numpy(), atol=ATOL)
@@ -162,7 +168,7 @@ def write_params(tmp_path: Path, **sections) -> Path:
     params["stimuli"] = {name: str(tmp_path / f"set_{name}.jsonl") for name in "AB"}
     params["run"]["sets"] = ["A", "B"]
     params["prompts"]["short"] = {"template": TEMPLATE}
-    params.update(answers=WORDS, interventions={"prompt": "short", "n_boot": 100, "batch_size": 32},
+    params.update(answers={"words": WORDS}, interventions={"prompt": "short", "n_boot": 100, "batch_size": 32},
                   patching={"per_pair": 1}, knockout={}, heads={"top": 3})
     for key, value in sections.items():
         params[key].update(value)

@@ -1,8 +1,9 @@
 """Causal experiments on the intervention engine: activation patching, knockout of a / m, single-head ablation.
 
-Every effect is measured on the model's answer distribution over the eight emotions (`readout`) at the extraction
-position, against the unpatched / unablated run of the same stimulus and beside a control (a same-emotion source for
-patching, a random direction of the same norm for knockout), with bootstrap 95% intervals over stimuli or pairs.
+Every effect is measured on the model's calibrated answer distribution over the eight emotions (`readout`: whole-word
+scores after the extraction position, calibrated with the clean content-free offsets by `Clean.calibrate`), against
+the unpatched / unablated run of the same stimulus and beside a control (a same-emotion source for patching, a
+random direction of the same norm for knockout), with bootstrap 95% intervals over stimuli or pairs.
 This module computes per-item arrays and their summaries; `causal_report` turns them into metrics and plot tables.
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .extract import tokenize_prompt
+from .extract import build_prompt, tokenize_prompt
 from .interventions import Engine, Prepared
-from .readout import Readout
+from .readout import AnswerSettings, Readout, calibrate
 from .sites import KINDS, Intervention, Site
 
 log = logging.getLogger(__name__)
@@ -102,25 +103,44 @@ def resolve_layers(layers, n_layers: int, where: str) -> list[int]:
 
 @dataclass
 class Clean:
-    """Unintervened runs of a set. log_probs `(n, n_emotions)`; top1, labels `(n,)` emotion names; mass `(n,)`
-    full-vocabulary probability on the answer tokens; prepared: one `Prepared` per stimulus (caches kept)."""
+    """Unintervened runs of a set. raw `(n, n_emotions)` whole-word scores; offsets `(n_emotions,)` the mean raw
+    scores of the content-free inputs (zeros without calibration); log_probs `(n, n_emotions)` calibrated; top1,
+    labels `(n,)` emotion names (top1 of the calibrated scores); prepared: one `Prepared` per stimulus."""
     prepared: list[Prepared]
+    raw: torch.Tensor
+    offsets: torch.Tensor
     log_probs: torch.Tensor
     top1: np.ndarray
     labels: np.ndarray
-    mass: np.ndarray
+
+    def calibrate(self, raw: torch.Tensor) -> torch.Tensor:
+        """`(..., n_emotions)` raw scores (e.g. `Engine.run` under an intervention) -> calibrated log-probs, with
+        the clean offsets (never recomputed under an intervention)."""
+        return calibrate(raw, self.offsets)
 
 
-def clean_runs(engine: Engine, readout: Readout, tokenizer, template: str, stimuli, keep_cache: bool = True,
-               desc: str = "clean") -> Clean:
+def calibration_offsets(engine: Engine, tokenizer, template: str, answers: AnswerSettings) -> torch.Tensor:
+    """`(n_emotions,)` mean raw score of each emotion over the content-free texts in the template (zeros if
+    `answers.calibrate` is false)."""
+    if not answers.calibrate:
+        return torch.zeros(len(engine.readout.emotions))
+    raw = [engine.prepare(tokenizer(build_prompt(template, text))["input_ids"]).raw for text in answers.content_free]
+    return torch.stack(raw).mean(0)
+
+
+def clean_runs(engine: Engine, tokenizer, template: str, stimuli, answers: AnswerSettings, keep_cache: bool = True,
+               positions: bool = False, desc: str = "clean") -> Clean:
+    """The clean run of every stimulus (caches kept unless keep_cache is false; positions: see `Engine.prepare`)
+    and the calibrated answers."""
     prepared = []
     for stimulus in tqdm(stimuli, desc=desc, leave=False):
-        prep = engine.prepare(tokenize_prompt(tokenizer, template, stimulus.text).ids)
+        prep = engine.prepare(tokenize_prompt(tokenizer, template, stimulus.text).ids, positions=positions)
         prepared.append(prep if keep_cache else prep.without_cache())
-    logits = torch.stack([p.logits for p in prepared])
-    log_probs = readout.log_probs(logits)
-    mass = readout.answer_mass(logits, torch.stack([p.log_norm for p in prepared])).numpy()
-    return Clean(prepared, log_probs, readout.top1(log_probs), np.array([s.emotion for s in stimuli]), mass)
+    raw = torch.stack([p.raw for p in prepared])
+    offsets = calibration_offsets(engine, tokenizer, template, answers)
+    log_probs = calibrate(raw, offsets)
+    return Clean(prepared, raw, offsets, log_probs, engine.readout.top1(log_probs),
+                 np.array([s.emotion for s in stimuli]))
 
 
 def design_pairs(labels: Sequence[str], emotions: Sequence[str], per_pair: int, seed: int):
@@ -188,7 +208,7 @@ def patching(engine: Engine, readout: Readout, clean: Clean, sites: Sequence[str
         rows = np.flatnonzero(pairs[:, 0] == t)
         sources = [int(pairs[r, 1]) for r in rows] + [control[t]]
         groups = [[Intervention(site, "set", clean.prepared[s].sites[site])] for s in sources for site in grid]
-        lp = readout.log_probs(engine.run(clean.prepared[t], groups)).reshape(len(sources), *shape[1:], -1)
+        lp = clean.calibrate(engine.run(clean.prepared[t], groups)).reshape(len(sources), *shape[1:], -1)
         top1 = lp.argmax(-1).numpy()
         base = clean.log_probs[t].numpy()
         tgt = emotion_index[clean.labels[t]]
@@ -245,7 +265,7 @@ def knockout(engine: Engine, readout: Readout, clean: Clean, sites: Sequence[str
         for g, site in enumerate(grid):
             groups += [[Intervention(site, "zero")], [Intervention(site, "set", means[site])]]
             groups += [[Intervention(site, "random", directions[g, r])] for r in range(n_random)]
-        lp = readout.log_probs(engine.run(prep, groups)).reshape(len(sites), len(layers), 2 + n_random, -1)
+        lp = clean.calibrate(engine.run(prep, groups)).reshape(len(sites), len(layers), 2 + n_random, -1)
         for key, value in zip(("changed", "kl", "drop"), _effects(readout, clean, i, lp)):
             out[key][i] = np.concatenate([value[..., :2], value[..., 2:].mean(-1, keepdims=True)], axis=-1)
     return KnockoutResult(list(sites), list(layers), **out)
@@ -267,7 +287,7 @@ def heads(engine: Engine, readout: Readout, clean: Clean, layers: Sequence[int])
     out = {k: np.zeros(shape, np.float32) for k in ("changed", "kl", "drop")}
     groups = [[Intervention(Site("a", layer), "zero", head=h)] for layer in layers for h in range(n_heads)]
     for i, prep in enumerate(tqdm(clean.prepared, desc="heads", leave=False)):
-        lp = readout.log_probs(engine.run(prep, groups)).reshape(len(layers), n_heads, -1)
+        lp = clean.calibrate(engine.run(prep, groups)).reshape(len(layers), n_heads, -1)
         for key, value in zip(("changed", "kl", "drop"), _effects(readout, clean, i, lp)):
             out[key][i] = value
     return HeadResult(list(layers), **out)

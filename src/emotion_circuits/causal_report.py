@@ -18,7 +18,7 @@ from .config import ConfigError, Params
 from .interventions import Engine
 from .io import write_csv, write_json
 from .models import load_model
-from .readout import AnswerWords, Readout, behaviour
+from .readout import AnswerSettings, Readout, behaviour
 from .stimuli import load_stimuli
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Setup:
     readout: Readout
     layers: list[int]
     seed: int
+    answers: AnswerSettings = AnswerSettings()
 
 
 def setup(params: Params, model: str, stage: str) -> Setup:
@@ -45,7 +46,8 @@ def setup(params: Params, model: str, stage: str) -> Setup:
     params.model(model)
     shared = params.section("interventions", InterventionSettings)
     settings = params.section(stage, SECTIONS[stage])
-    answers = params.section("answers", AnswerWords)
+    answers = params.section("answers", AnswerSettings)
+    answers.words_for(params.emotions)
     if shared.prompt not in params.prompts:
         raise ConfigError(f"params.yaml: interventions.prompt: unknown prompt {shared.prompt!r} "
                           f"(prompts: {', '.join(params.prompts)})")
@@ -60,9 +62,9 @@ def setup(params: Params, model: str, stage: str) -> Setup:
     loaded = load_model(model, params)
     layers = resolve_layers(settings.layers, loaded.n_layers, f"{stage}.layers")
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
-    engine = Engine(loaded, rows=readout.token_ids, batch_size=shared.batch_size,
-                    skip_lower_layers=shared.skip_lower_layers)
-    return Setup(model, settings, shared, template, stimuli, engine, readout, layers, params.seed + SEED_OFFSET[stage])
+    engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
+    return Setup(model, settings, shared, template, stimuli, engine, readout, layers, params.seed + SEED_OFFSET[stage],
+                 answers)
 
 
 def _ci(name: str, values, n_boot: int, seed: int) -> dict:
@@ -76,14 +78,15 @@ def run_patching(s: Setup):
     cfg, n_boot = s.settings, s.shared.n_boot
     tok = s.engine.loaded.tokenizer
     metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "per_pair": cfg.per_pair,
-               "n_layers": s.engine.n_layers, "behaviour": {}, "answer_tokens": s.readout.by_emotion()}
+               "n_layers": s.engine.n_layers, "behaviour": {}, "answer_tokens": s.readout.pieces(tok),
+               "calibrated": s.answers.calibrate, "content_free": list(s.answers.content_free)}
     clean = None
     for name in dict.fromkeys([cfg.set, *cfg.behaviour_sets]):
-        run = clean_runs(s.engine, s.readout, tok, s.template, s.stimuli[name], keep_cache=name == cfg.set,
+        run = clean_runs(s.engine, tok, s.template, s.stimuli[name], s.answers, keep_cache=name == cfg.set,
                          desc=f"clean {name}")
-        metrics["behaviour"][name] = behaviour(s.readout, run.log_probs, run.labels, run.mass, n_boot, s.seed)
-        log.info("%s set %s: accuracy %.3f (chance 0.125), answer-token mass %.3f", s.name, name,
-                 metrics["behaviour"][name]["accuracy"], metrics["behaviour"][name]["answer_mass"])
+        metrics["behaviour"][name] = behaviour(s.readout, run.raw, run.log_probs, run.labels, n_boot, s.seed)
+        log.info("%s set %s: accuracy raw %.3f, calibrated %.3f (chance 0.125)", s.name, name,
+                 metrics["behaviour"][name]["raw_accuracy"], metrics["behaviour"][name]["accuracy"])
         if name == cfg.set:
             clean = run
     result = patching(s.engine, s.readout, clean, cfg.sites, s.layers, cfg.per_pair, s.seed)
@@ -124,7 +127,7 @@ def run_patching(s: Setup):
 
 def run_knockout(s: Setup):
     cfg, n_boot = s.settings, s.shared.n_boot
-    clean = clean_runs(s.engine, s.readout, s.engine.loaded.tokenizer, s.template, s.stimuli[cfg.set],
+    clean = clean_runs(s.engine, s.engine.loaded.tokenizer, s.template, s.stimuli[cfg.set], s.answers,
                        desc=f"clean {cfg.set}")
     result = knockout(s.engine, s.readout, clean, cfg.sites, s.layers, cfg.n_random, s.seed)
     metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "n": len(clean.labels),
@@ -157,7 +160,7 @@ def run_knockout(s: Setup):
 
 def run_heads(s: Setup):
     cfg, n_boot = s.settings, s.shared.n_boot
-    clean = clean_runs(s.engine, s.readout, s.engine.loaded.tokenizer, s.template, s.stimuli[cfg.set],
+    clean = clean_runs(s.engine, s.engine.loaded.tokenizer, s.template, s.stimuli[cfg.set], s.answers,
                        desc=f"clean {cfg.set}")
     result = heads(s.engine, s.readout, clean, s.layers)
     rows = []
