@@ -19,14 +19,14 @@ from emotion_circuits.causal import (HeadSettings, InterventionSettings, Knockou
                                      resolve_layers, unit_directions)
 from emotion_circuits.config import EMOTIONS, ConfigError, load_params, parse_section
 from emotion_circuits.extract import tokenize_prompt
-from emotion_circuits.interventions import Engine, plain_logits
-from emotion_circuits.readout import Readout
+from emotion_circuits.interventions import Engine, plain_scores
+from emotion_circuits.readout import AnswerSettings, Readout
 from emotion_circuits.sites import Intervention, Site, hooked
 from emotion_circuits.stimuli import Stimulus
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = {"rage": ["rage"], "grief": ["grief"], "terror": ["terror"], "ecstasy": ["ecstasy"], "loathing": ["loathing"],
-         "amazement": ["amazement"], "admiration": ["pride"], "vigilance": ["vigilance"]}  # distinct first bytes
+WORDS = {"admiration": ["pride"]}  # the other emotions score their own names (multi-token, byte-level)
+ANSWERS = AnswerSettings(words=WORDS)
 TEMPLATE = "Text: {text}\nAnswer:"
 ATOL = 1e-5
 
@@ -39,16 +39,21 @@ def stimuli(set_name: str = "B", per_emotion: int = 2) -> list[Stimulus]:
 @pytest.fixture(scope="module")
 def setup():
     loaded = tiny_model("llama")
-    readout = Readout.build(loaded.tokenizer, WORDS)
-    engine = Engine(loaded, rows=readout.token_ids, batch_size=16)
-    clean = clean_runs(engine, readout, loaded.tokenizer, TEMPLATE, stimuli())
+    readout = Readout.build(loaded.tokenizer, ANSWERS)
+    engine = Engine(loaded, readout, batch_size=16)
+    clean = clean_runs(engine, loaded.tokenizer, TEMPLATE, stimuli(), ANSWERS)
     return loaded, readout, engine, clean
 
 
-def head_log_probs(engine, readout, h):
-    """Answer distribution of the output layer applied to a final residual `(d_model,)`."""
+def head_log_probs(engine, readout, clean, i, h):
+    """Calibrated answers of stimulus i when its last token's final residual becomes `h (d_model,)`: only the
+    words' first tokens change (the label tokens at the last layer attend to keys computed from its unchanged
+    input), so raw = clean raw + new minus clean log-prob of each word's first token (one word per emotion)."""
+    first = [seq[0] for seq in readout.sequences]
     with torch.inference_mode():
-        return readout.log_probs(engine._head(engine.base.norm(h[None]), engine.weight, engine.bias))[0]
+        lp = [torch.log_softmax(engine.model.lm_head(engine.base.norm(x[None])).float(), -1)[0, first]
+              for x in (h, clean.prepared[i].resid[-1, 0])]
+    return clean.calibrate(clean.prepared[i].raw + lp[0] - lp[1])
 
 
 def test_design_pairs_cover_every_ordered_pair():
@@ -91,11 +96,16 @@ def test_patching_h_at_the_last_layer_recovers_the_source_and_identical_controls
 
 
 def _twins():
+    """Two identical stimuli per emotion, read out with single-token labels (one byte each: the byte tokenizer
+    gives ' ' + word two tokens, so the readout is built by hand)."""
     loaded = tiny_model("llama")
-    readout = Readout.build(loaded.tokenizer, WORDS)
-    engine = Engine(loaded, rows=readout.token_ids, batch_size=16)
+    letters = "abcdefgh"
+    ids = [loaded.tokenizer(c, add_special_tokens=False)["input_ids"] for c in letters]
+    assert all(len(i) == 1 for i in ids)
+    readout = Readout(EMOTIONS, tuple(letters), tuple(tuple(i) for i in ids), tuple(range(len(EMOTIONS))))
+    engine = Engine(loaded, readout, batch_size=16)
     twins = [Stimulus(f"b-{e}-{i}", "B", e, f"{e} story: the end of {e}.") for e in EMOTIONS for i in range(2)]
-    return loaded, readout, engine, clean_runs(engine, readout, loaded.tokenizer, TEMPLATE, twins)
+    return loaded, readout, engine, clean_runs(engine, loaded.tokenizer, TEMPLATE, twins, ANSWERS)
 
 
 def test_patching_a_stimulus_into_itself_changes_nothing(setup):
@@ -103,7 +113,7 @@ def test_patching_a_stimulus_into_itself_changes_nothing(setup):
     prep = clean.prepared[0]
     sites = [Site(k, layer) for k in "ham" for layer in range(engine.n_layers)]
     out = engine.run(prep, [[Intervention(site, "set", prep.sites[site])] for site in sites])
-    torch.testing.assert_close(readout.log_probs(out), clean.log_probs[0].expand(len(sites), -1), rtol=0, atol=ATOL)
+    torch.testing.assert_close(clean.calibrate(out), clean.log_probs[0].expand(len(sites), -1), rtol=0, atol=ATOL)
 
 
 def test_matched_controls_have_the_ablations_displacement_norm(setup):
@@ -139,8 +149,8 @@ def test_knockout_known_answers_at_the_last_layer(setup):
     for i, prep in enumerate(clean.prepared):
         base = clean.log_probs[i]
         own = EMOTIONS.index(clean.labels[i])
-        for o, residual in enumerate([prep.resid[last] + prep.sites[a], prep.resid[last] + prep.sites[a] + mean_m]):
-            lp = head_log_probs(engine, readout, residual)
+        for o, residual in enumerate([prep.resid[last, 0] + prep.sites[a], prep.resid[last, 0] + prep.sites[a] + mean_m]):
+            lp = head_log_probs(engine, readout, clean, i, residual)
             kl = float((base.exp() * (base - lp)).sum())
             assert result.kl[i, 0, 0, o] == pytest.approx(max(kl, 0.0), abs=ATOL)
             assert result.drop[i, 0, 0, o] == pytest.approx(float(base[own] - lp[own]), abs=ATOL)
@@ -162,7 +172,7 @@ def test_heads_split_half_and_matches_the_plain_path(setup):
     i = int(result.test_half[k])
     ids = tokenize_prompt(loaded.tokenizer, TEMPLATE, stimuli()[i].text).ids
     groups = [[Intervention(Site("a", int(layer)), "zero", head=int(h))] for layer, h in result.tested]
-    lp = readout.log_probs(plain_logits(loaded, ids, groups, rows=readout.token_ids))
+    lp = clean.calibrate(plain_scores(loaded, readout, ids, groups))
     own = EMOTIONS.index(clean.labels[i])
     np.testing.assert_allclose(result.drop[k], (clean.log_probs[i, own] - lp[:, own]).numpy(), atol=ATOL)
 
@@ -207,7 +217,7 @@ def write_params(tmp_path: Path, **sections) -> Path:
     params["stimuli"] = {name: str(tmp_path / f"set_{name}.jsonl") for name in "AB"}
     params["run"]["sets"] = ["A", "B"]
     params["prompts"]["short"] = {"template": TEMPLATE}
-    params.update(answers=WORDS, interventions={"prompt": "short", "n_boot": 100, "batch_size": 32},
+    params.update(answers={"words": WORDS}, interventions={"prompt": "short", "n_boot": 100, "batch_size": 32},
                   patching={"per_source": 1}, knockout={}, heads={"top": 3})
     for key, value in sections.items():
         params[key].update(value)

@@ -1,5 +1,5 @@
-"""Answer readout: which tokens count for each emotion, the answer distribution's known values, behavioural accuracy,
-and one-line errors for bad `answers:` params."""
+"""Answer readout: whole-word token sequences, synonyms by logsumexp, contextual calibration (known answers and a
+simulation where the raw readout fails), behavioural accuracy, and one-line errors for bad `answers:` params."""
 import math
 import subprocess
 import sys
@@ -12,100 +12,123 @@ import yaml
 
 from conftest import byte_tokenizer
 from emotion_circuits.config import EMOTIONS, ConfigError, parse_section
-from emotion_circuits.readout import AnswerWords, Readout, behaviour
+from emotion_circuits.readout import AnswerSettings, Readout, behaviour, calibrate
 
 REPO = Path(__file__).resolve().parents[1]
-# Distinct first letters, as the byte-level test tokenizer needs: r g t e l a p v (and 'x', a one-byte bare word).
-WORDS = {"rage": ["rage", "x"], "grief": ["grief"], "terror": ["terror"], "ecstasy": ["ecstasy"],
-         "loathing": ["loathing"], "amazement": ["amazement"], "admiration": ["pride"], "vigilance": ["vigilance"]}
 
 
-def byte_id(ch: str) -> int:
+def test_words_are_whole_spaced_sequences_by_default_the_names():
     tok = byte_tokenizer(add_bos=False)
-    (token,) = tok(ch, add_special_tokens=False)["input_ids"]
-    return token
+    readout = Readout.build(tok, AnswerSettings())
+    assert readout.words == EMOTIONS and readout.owner == tuple(range(8))
+    for word, seq in zip(readout.words, readout.sequences):
+        assert seq == tuple(tok(" " + word, add_special_tokens=False)["input_ids"]) and len(seq) == len(word) + 1
+    assert readout.pieces(tok)["rage"] == " +r+a+g+e"
 
 
-def test_tokens_are_first_of_spaced_word_and_single_token_bare_words():
-    readout = Readout.build(byte_tokenizer(add_bos=False), WORDS)
-    # ' rage' -> 'Ġ','r',...: the whitespace-only piece is skipped; bare 'rage' is four tokens and is not used;
-    # bare 'x' is one token and ' x' starts with the same 'x': counted once.
-    assert readout.tokens == ("r", "x", "g", "t", "e", "l", "a", "p", "v")
-    assert readout.owner == (0, 0, 1, 2, 3, 4, 5, 6, 7)
-    assert readout.token_ids[0] == byte_id("r")
-    assert readout.by_emotion()["rage"] == "r|x"
+def test_default_params_parse():
+    """The shipped params: the empty text is a content-free input (the config's strings are otherwise non-empty)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["answers"]
+    answers = parse_section(raw, AnswerSettings, "answers")
+    assert answers.content_free == ("N/A", "", "[MASK]") and answers.calibrate and answers.words is None
 
 
-@pytest.mark.slow
-def test_whole_word_tokens_count_bare_and_spaced(embedded_model):
-    """Real tokenizers: ' rage' and 'rage' are single tokens in both embedded models; both count for rage."""
-    tok = embedded_model.tokenizer
-    readout = Readout.build(tok, {**{e: [e] for e in EMOTIONS}, "rage": ["rage"]})
-    rage = {readout.tokens[i] for i, o in enumerate(readout.owner) if o == 0}
-    assert rage == {" rage", "rage"}
-    assert " grief" in readout.tokens and " terror" in readout.tokens
+def test_synonyms_belong_to_their_emotion():
+    readout = Readout.build(byte_tokenizer(add_bos=False), AnswerSettings(words={"rage": ("rage", " anger ")}))
+    assert readout.words[:2] == ("rage", "anger") and readout.owner[:3] == (0, 0, 1)
 
 
-def test_log_probs_known_values():
-    readout = Readout(emotions=("p", "q", "r"), token_ids=(0, 1, 2, 3), owner=(0, 0, 1, 2), tokens=("", "", "", ""))
-    # equal logits: each token 1/4, so p (two tokens) 1/2
-    lp = readout.log_probs(torch.zeros(4))
-    torch.testing.assert_close(lp.exp(), torch.tensor([0.5, 0.25, 0.25]))
-    logits = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, 0.0, 9.0, 0.0]])
-    expected = torch.tensor([[math.e + math.e ** 2, math.e ** 0.5, math.e ** -1.0], [2.0, math.e ** 9, 1.0]])
-    expected = expected / expected.sum(-1, keepdim=True)
-    torch.testing.assert_close(readout.log_probs(logits).exp(), expected)
-    assert list(readout.top1(readout.log_probs(logits))) == ["p", "q"]
-    # the output layer restricted to the answer rows gives the same distribution as the full vocabulary
-    vocab = torch.randn(2, 10)
-    restricted = Readout(("p", "q", "r"), (7, 2, 5, 0), (0, 0, 1, 2), ("",) * 4)
-    torch.testing.assert_close(restricted.log_probs(restricted.from_vocab(vocab)),
-                               restricted.log_probs(vocab[:, [7, 2, 5, 0]]))
-    # answer mass: the share of the whole vocabulary's probability on the answer tokens
-    mass = restricted.answer_mass(restricted.from_vocab(vocab), torch.logsumexp(vocab, -1))
-    torch.testing.assert_close(mass, vocab.softmax(-1)[:, [7, 2, 5, 0]].sum(-1))
+def test_combine_is_logsumexp_of_synonyms():
+    """Known answer: rage has two words of probability 0.1 and 0.3, so 0.4; grief one word of 0.2."""
+    readout = Readout(("rage", "grief"), ("rage", "anger", "grief"), ((1,), (2,), (3,)), (0, 0, 1))
+    scores = torch.log(torch.tensor([[0.1, 0.3, 0.2]]))
+    torch.testing.assert_close(readout.combine(scores), torch.log(torch.tensor([[0.4, 0.2]])))
+    assert list(readout.top1(readout.combine(scores))) == ["rage"]
 
 
-def test_behaviour_accuracy_known_answer():
-    readout = Readout(emotions=EMOTIONS, token_ids=tuple(range(8)), owner=tuple(range(8)), tokens=("",) * 8)
+def test_calibration_with_the_items_own_scores_is_uniform():
+    raw = torch.randn(5, 8) * 3 - 10
+    for i in range(5):
+        torch.testing.assert_close(calibrate(raw[i], raw[i]), torch.full((8,), math.log(1 / 8)))
+
+
+def test_calibration_removes_a_label_prior_the_raw_readout_cannot():
+    """Simulation: every item's raw score is a label prior (one frequent word 4 nats above the rest) plus 1 nat on
+    the item's own emotion and noise. The raw argmax answers the frequent word (accuracy ~1/8); calibrated with the
+    content-free scores (the prior plus noise) it finds the item's emotion."""
+    rng = np.random.default_rng(0)
+    prior = np.full(8, -12.0)
+    prior[EMOTIONS.index("admiration")] += 4
+    truth = rng.integers(0, 8, 400)
+    raw = prior + np.eye(8)[truth] * 1.0 + rng.normal(0, 0.2, (400, 8))
+    content_free = prior + rng.normal(0, 0.2, (3, 8))
+    raw_t, offsets = torch.tensor(raw), torch.tensor(content_free).mean(0)
+    raw_acc = (raw_t.argmax(-1).numpy() == truth).mean()
+    cal_acc = (calibrate(raw_t, offsets).argmax(-1).numpy() == truth).mean()
+    assert raw_acc < 0.2 and cal_acc > 0.95
+
+
+def test_behaviour_known_answer():
+    readout = Readout(EMOTIONS, EMOTIONS, tuple((i,) for i in range(8)), tuple(range(8)))
     truth = np.array(EMOTIONS * 2)
-    logits = torch.full((16, 8), -5.0)
-    answers = list(range(8)) + [0] * 8  # right on the first eight, 'rage' for all of the second eight
-    logits[torch.arange(16), torch.tensor(answers)] = 5.0
-    out = behaviour(readout, readout.log_probs(logits), truth, mass=np.full(16, 0.3), n_boot=200)
-    assert out["accuracy"] == pytest.approx(9 / 16)  # the second 'rage' is right too
-    assert out["accuracy_low"] < 9 / 16 < out["accuracy_high"]
-    assert out["chance"] == 1 / 8 and out["answer_mass"] == pytest.approx(0.3)
-    assert out["answered"]["rage"] == 9 and out["answered"]["grief"] == 1
+    raw = torch.full((16, 8), -9.0)
+    raw[:, 0] = -1.0  # raw: 'rage' everywhere (right on the two rage items)
+    offsets = torch.full((8,), -9.0)
+    offsets[0] = -1.0
+    cal = calibrate(raw, offsets).clone()
+    cal[torch.arange(8), torch.arange(8)] += 5.0  # calibrated: right on the first eight, tied (argmax 0) after
+    out = behaviour(readout, raw, cal, truth, n_boot=200)
+    assert out["raw_accuracy"] == pytest.approx(2 / 16) and out["accuracy"] == pytest.approx(9 / 16)
+    assert out["accuracy_low"] < 9 / 16 < out["accuracy_high"] and out["chance"] == 1 / 8
+    assert out["answered_raw"]["rage"] == 16 and out["answered_calibrated"]["rage"] == 9
+    assert out["answered_calibrated"]["grief"] == 1
+    assert out["label_mass"] == pytest.approx(math.exp(-1) + 7 * math.exp(-9), rel=1e-5)
 
 
-def test_token_claimed_by_two_emotions_is_an_error():
-    words = {**WORDS, "terror": ["terror", "rattled"]}  # 'r' also starts 'rage'
-    with pytest.raises(ConfigError, match=r"answers: token 'r' starts both rage: 'rage' and terror: 'rattled'; drop one"):
-        Readout.build(byte_tokenizer(add_bos=False), words)
+def test_same_tokens_for_two_emotions_is_an_error():
+    with pytest.raises(ConfigError, match=r"answers.words: terror: 'rage' has the same tokens as rage: 'rage'"):
+        Readout.build(byte_tokenizer(add_bos=False), AnswerSettings(words={"terror": ("rage",)}))
+
+
+def test_word_that_tokenizes_to_nothing_is_an_error():
+    def empty_tokenizer(text, add_special_tokens=True):
+        return {"input_ids": [] if "grief" in text else [1, 2]}
+    with pytest.raises(ConfigError, match=r"^params.yaml: answers.words.grief: 'grief' gives no token$"):
+        Readout.build(empty_tokenizer, AnswerSettings(words={e: (e, e + "2") for e in EMOTIONS}))
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({**WORDS, "grief": []}, "params.yaml: answers.grief: no answer words"),
-    ({k: v for k, v in WORDS.items() if k != "vigilance"}, "params.yaml: answers.vigilance: no answer words"),
-    ({**WORDS, "joy": ["joy"]}, "params.yaml: answers.joy: unknown key"),
-    ({**WORDS, "rage": "rage"}, "params.yaml: answers.rage: expected a list"),
-    ({**WORDS, "rage": ["  "]}, "params.yaml: answers.rage: no answer words"),
+    ({"content_free": []}, "params.yaml: answers.content_free: empty"),
+    ({"content_free": ["N/A", 3]}, r"params.yaml: answers.content_free\[1\]: expected a string"),
+    ({"words": {"joy": ["joy"]}}, "params.yaml: answers.words.joy: unknown emotion"),
+    ({"words": {"grief": []}}, "params.yaml: answers.words.grief: no words"),
+    ({"words": {"rage": ["rage", "  "]}}, r"params.yaml: answers.words.rage\[1\]: empty word"),
+    ({"words": {"rage": "rage"}}, "params.yaml: answers.words.rage: expected a list"),
+    ({"rage": ["rage"]}, "params.yaml: answers.rage: unknown key"),
 ])
 def test_bad_answers_params(raw, message):
     with pytest.raises(ConfigError, match=message) as err:
-        parse_section(raw, AnswerWords, "answers")
+        parse_section(raw, AnswerSettings, "answers").words_for(EMOTIONS)
     assert "\n" not in str(err.value)
 
 
-def test_stage_with_an_emotion_without_answer_words_fails_in_one_line(tmp_path):
+def test_stage_without_content_free_inputs_fails_in_one_line(tmp_path):
     """Checked before any model is loaded: one stderr line naming the key, exit 1."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(answers={**WORDS, "grief": []}, interventions={}, patching={})
+    params.update(answers={"content_free": []}, interventions={}, patching={})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run = subprocess.run([sys.executable, str(REPO / "stages/patching.py"), "--model", "smollm2-135m-instruct",
                           "--params", str(tmp_path / "params.yaml"), "--metrics", str(tmp_path / "m"),
                           "--plots", str(tmp_path / "p")], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 1
-    assert run.stderr.strip() == "error: params.yaml: answers.grief: no answer words (give a list of at least one word)"
-    assert not (tmp_path / "m").exists()
+    assert run.stderr.strip().startswith("error: params.yaml: answers.content_free: empty")
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_real_tokenizers_split_loathing(embedded_model):
+    """' loathing' is [' lo', 'athing'] in both embedded tokenizers: the readout scores both tokens."""
+    tok = embedded_model.tokenizer
+    readout = Readout.build(tok, AnswerSettings())
+    seq = readout.sequences[EMOTIONS.index("loathing")]
+    assert [tok.decode([t]) for t in seq] == [" lo", "athing"]

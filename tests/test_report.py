@@ -122,11 +122,13 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
     rng = np.random.default_rng(seed)
     depth = (np.arange(n_layers) + 1) / n_layers
     labels = np.repeat(EMOTIONS, 4)
-    readout = Readout(emotions=EMOTIONS, token_ids=(), owner=(), tokens=())
+    readout = Readout(emotions=EMOTIONS, words=(), sequences=(), owner=())
 
     def clean(*args, **kwargs):
-        log_probs = torch.log_softmax(torch.from_numpy(rng.normal(size=(len(labels), 8)) * 2), dim=-1)
-        return causal.Clean([], log_probs, readout.top1(log_probs), labels, np.full(len(labels), 0.6))
+        raw = torch.from_numpy(rng.normal(size=(len(labels), 8)) * 2 - 6).float()
+        offsets = torch.zeros(8)
+        log_probs = causal.calibrate(raw, offsets)
+        return causal.Clean([], raw, offsets, log_probs, readout.top1(log_probs), labels)
 
     def setup(params, model, stage):
         shared = params.section("interventions", causal.InterventionSettings)

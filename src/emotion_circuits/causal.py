@@ -1,8 +1,9 @@
 """Causal experiments on the intervention engine: activation patching, knockout of a / m, single-head ablation.
 
-Every effect is measured on the model's answer distribution over the eight emotions (`readout`) at the extraction
-position, against the unpatched / unablated run of the same stimulus and beside a control (a same-emotion source for
-patching, a random direction of the same norm for knockout), with bootstrap 95% intervals over stimuli or pairs.
+Every effect is measured on the model's calibrated answer distribution over the eight emotions (`readout`: whole-word
+scores after the extraction position, calibrated with the clean content-free offsets by `Clean.calibrate`), against
+the unpatched / unablated run of the same stimulus and beside a control (a same-emotion source for patching, a
+random direction of the same norm for knockout), with bootstrap 95% intervals over stimuli or pairs.
 This module computes per-item arrays and their summaries; `causal_report` turns them into metrics and plot tables.
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .extract import tokenize_prompt
+from .extract import build_prompt, tokenize_prompt
 from .interventions import Engine, Prepared
-from .readout import Readout
+from .readout import AnswerSettings, Readout, calibrate
 from .sites import KINDS, Intervention, Site
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class InterventionSettings:
 @dataclass(frozen=True)
 class PatchingSettings:
     """params.yaml `patching:`. per_source: source stimuli from each other emotion per target (every stimulus is a
-    target once); layers: null for every `layer_step`-th layer counted back from the last; behaviour_sets: sets on which the model's own accuracy is reported."""
+    target once); layers: null for every `layer_step`-th layer counted back from the last; behaviour_sets: sets on
+    which the model's own accuracy is reported."""
     set: str = "B"
     sites: tuple[str, ...] = KINDS
     layers: tuple[int, ...] | None = None
@@ -73,8 +75,8 @@ class PatchingSettings:
 
 @dataclass(frozen=True)
 class KnockoutSettings:
-    """params.yaml `knockout:`. layers, layer_step: as for patching. ablations: zero, mean, resample; n_random: matched random controls per ablation,
-    stimulus, site and layer."""
+    """params.yaml `knockout:`. layers, layer_step: as for patching. ablations: zero, mean, resample; n_random:
+    matched random controls per ablation, stimulus, site and layer."""
     set: str = "B"
     sites: tuple[str, ...] = ("a", "m")
     layers: tuple[int, ...] | None = None
@@ -124,31 +126,50 @@ def resolve_layers(layers, n_layers: int, where: str, step: int = 1) -> list[int
 
 @dataclass
 class Clean:
-    """Unintervened runs of a set. log_probs `(n, n_emotions)`; top1, labels `(n,)` emotion names; mass `(n,)`
-    full-vocabulary probability on the answer tokens; prepared: one `Prepared` per stimulus (caches kept)."""
+    """Unintervened runs of a set. raw `(n, n_emotions)` whole-word scores; offsets `(n_emotions,)` the mean raw
+    scores of the content-free inputs (zeros without calibration); log_probs `(n, n_emotions)` calibrated; top1,
+    labels `(n,)` emotion names (top1 of the calibrated scores); prepared: one `Prepared` per stimulus."""
     prepared: list[Prepared]
+    raw: torch.Tensor
+    offsets: torch.Tensor
     log_probs: torch.Tensor
     top1: np.ndarray
     labels: np.ndarray
-    mass: np.ndarray
+
+    def calibrate(self, raw: torch.Tensor) -> torch.Tensor:
+        """`(..., n_emotions)` raw scores (e.g. `Engine.run` under an intervention) -> calibrated log-probs, with
+        the clean offsets (never recomputed under an intervention)."""
+        return calibrate(raw, self.offsets)
 
 
-def clean_runs(engine: Engine, readout: Readout, tokenizer, template: str, stimuli, keep_cache: bool = True,
-               desc: str = "clean") -> Clean:
+def calibration_offsets(engine: Engine, tokenizer, template: str, answers: AnswerSettings) -> torch.Tensor:
+    """`(n_emotions,)` mean raw score of each emotion over the content-free texts in the template (zeros if
+    `answers.calibrate` is false)."""
+    if not answers.calibrate:
+        return torch.zeros(len(engine.readout.emotions))
+    raw = [engine.prepare(tokenizer(build_prompt(template, text))["input_ids"]).raw for text in answers.content_free]
+    return torch.stack(raw).mean(0)
+
+
+def clean_runs(engine: Engine, tokenizer, template: str, stimuli, answers: AnswerSettings, keep_cache: bool = True,
+               positions: bool = False, desc: str = "clean") -> Clean:
+    """The clean run of every stimulus (caches kept unless keep_cache is false; positions: see `Engine.prepare`)
+    and the calibrated answers."""
     prepared = []
     for stimulus in tqdm(stimuli, desc=desc, leave=False):
-        prep = engine.prepare(tokenize_prompt(tokenizer, template, stimulus.text).ids)
+        prep = engine.prepare(tokenize_prompt(tokenizer, template, stimulus.text).ids, positions=positions)
         prepared.append(prep if keep_cache else prep.without_cache())
-    logits = torch.stack([p.logits for p in prepared])
-    log_probs = readout.log_probs(logits)
-    mass = readout.answer_mass(logits, torch.stack([p.log_norm for p in prepared])).numpy()
-    return Clean(prepared, log_probs, readout.top1(log_probs), np.array([s.emotion for s in stimuli]), mass)
+    raw = torch.stack([p.raw for p in prepared])
+    offsets = calibration_offsets(engine, tokenizer, template, answers)
+    log_probs = calibrate(raw, offsets)
+    return Clean(prepared, raw, offsets, log_probs, engine.readout.top1(log_probs),
+                 np.array([s.emotion for s in stimuli]))
 
 
 def scores(engine: Engine, readout: Readout, clean: Clean, prepared: Prepared, groups) -> torch.Tensor:
-    """The one readout of every experiment: `(len(groups), n_emotions)` answer log-probs of `prepared` under each
-    group of interventions (calibrated once the whole-word readout lands: `clean.calibrate(engine.run(...))`)."""
-    return readout.log_probs(engine.run(prepared, groups))
+    """The one readout of every experiment: `(len(groups), n_emotions)` calibrated answer log-probs of `prepared`
+    under each group of interventions (whole-word raw scores minus the clean content-free offsets)."""
+    return clean.calibrate(engine.run(prepared, groups))
 
 
 def design_pairs(labels: Sequence[str], emotions: Sequence[str], per_source: int, seed: int):

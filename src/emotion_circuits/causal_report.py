@@ -17,7 +17,7 @@ from .config import ConfigError, Params
 from .interventions import Engine
 from .io import write_csv, write_json
 from .models import load_model
-from .readout import AnswerWords, Readout, behaviour
+from .readout import AnswerSettings, Readout, behaviour
 from .stimuli import load_stimuli
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Setup:
     readout: Readout
     layers: list[int]
     seed: int
+    answers: AnswerSettings = AnswerSettings()
 
 
 def setup(params: Params, model: str, stage: str) -> Setup:
@@ -44,7 +45,8 @@ def setup(params: Params, model: str, stage: str) -> Setup:
     params.model(model)
     shared = params.section("interventions", InterventionSettings)
     settings = params.section(stage, SECTIONS[stage])
-    answers = params.section("answers", AnswerWords)
+    answers = params.section("answers", AnswerSettings)
+    answers.words_for(params.emotions)
     if shared.prompt not in params.prompts:
         raise ConfigError(f"params.yaml: interventions.prompt: unknown prompt {shared.prompt!r} "
                           f"(prompts: {', '.join(params.prompts)})")
@@ -59,26 +61,29 @@ def setup(params: Params, model: str, stage: str) -> Setup:
     loaded = load_model(model, params)
     layers = resolve_layers(settings.layers, loaded.n_layers, f"{stage}.layers", getattr(settings, "layer_step", 1))
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
-    engine = Engine(loaded, rows=readout.token_ids, batch_size=shared.batch_size,
-                    skip_lower_layers=shared.skip_lower_layers)
-    return Setup(model, settings, shared, template, stimuli, engine, readout, layers, params.seed + SEED_OFFSET[stage])
+    engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
+    return Setup(model, settings, shared, template, stimuli, engine, readout, layers, params.seed + SEED_OFFSET[stage],
+                 answers)
 
 
 def _clean(s: Setup, name: str, keep_cache: bool = True):
-    return clean_runs(s.engine, s.readout, s.engine.loaded.tokenizer, s.template, s.stimuli[name],
+    return clean_runs(s.engine, s.engine.loaded.tokenizer, s.template, s.stimuli[name], s.answers,
                       keep_cache=keep_cache, desc=f"clean {name}")
 
 
 def run_patching(s: Setup):
     cfg, n_boot = s.settings, s.shared.n_boot
+    tok = s.engine.loaded.tokenizer
     metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "per_source": cfg.per_source,
-               "n_layers": s.engine.n_layers, "behaviour": {}, "answer_tokens": s.readout.by_emotion()}
+               "n_layers": s.engine.n_layers, "behaviour": {}, "answer_tokens": s.readout.pieces(tok),
+               "calibrated": s.answers.calibrate, "content_free": list(s.answers.content_free)}
     clean = None
     for name in dict.fromkeys([cfg.set, *cfg.behaviour_sets]):
-        run = _clean(s, name, keep_cache=name == cfg.set)
-        metrics["behaviour"][name] = behaviour(s.readout, run.log_probs, run.labels, run.mass, n_boot, s.seed)
-        log.info("%s set %s: accuracy %.3f (chance 0.125), answer-token mass %.3f", s.name, name,
-                 metrics["behaviour"][name]["accuracy"], metrics["behaviour"][name]["answer_mass"])
+        run = clean_runs(s.engine, tok, s.template, s.stimuli[name], s.answers, keep_cache=name == cfg.set,
+                         desc=f"clean {name}")
+        metrics["behaviour"][name] = behaviour(s.readout, run.raw, run.log_probs, run.labels, n_boot, s.seed)
+        log.info("%s set %s: accuracy raw %.3f, calibrated %.3f (chance 0.125)", s.name, name,
+                 metrics["behaviour"][name]["raw_accuracy"], metrics["behaviour"][name]["accuracy"])
         if name == cfg.set:
             clean = run
     result = patching(s.engine, s.readout, clean, cfg.sites, s.layers, cfg.per_source, s.seed)
@@ -150,7 +155,7 @@ def run_heads(s: Setup):
     clean = _clean(s, cfg.set)
     result = heads(s.engine, s.readout, clean, s.layers, cfg.top, cfg.n_random, s.seed)
     summary = causal_summary.heads_summary(result, n_boot, s.seed, s.shared.n_flip)
-    own = behaviour(s.readout, clean.log_probs, clean.labels, None, n_boot, s.seed)
+    own = behaviour(s.readout, clean.raw, clean.log_probs, clean.labels, n_boot, s.seed)
     at_chance = bool(own["accuracy_low"] <= own["chance"])
     n_heads = result.rank_drop.shape[2]
     metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "n_rank": len(result.rank_half),

@@ -68,8 +68,8 @@ def patching_summary(r, n_boot: int, seed: int, n_flip: int) -> dict:
             for name, values, rs in (("transfer", transfer, t_boot), ("flip", flip, f_boot)):
                 row.update(_ci(name, _mean(values["patch"][:, i, j]), rs["patch"][:, i, j]))
                 row.update(_ci(f"control_{name}", _mean(values["control"][:, i, j]), rs["control"][:, i, j]))
-                row.update(_ci(f"{name}_minus_control", _mean(values["patch"][:, i, j] * 1.0 - values["control"][:, i, j]),
-                               rs["patch"][:, i, j] - rs["control"][:, i, j]))
+                paired = values["patch"][:, i, j] * 1.0 - values["control"][:, i, j]
+                row.update(_ci(f"{name}_minus_control", _mean(paired), rs["patch"][:, i, j] - rs["control"][:, i, j]))
             row["above_control"] = bool(row["recovery_minus_control_low"] > 0)
             row["denominator_covers_zero"] = covers
             row.update(base)
@@ -121,7 +121,8 @@ def knockout_summary(r, n_boot: int, seed: int, n_flip: int) -> dict:
     difference (ablation minus the mean of its controls) with a bootstrap interval over stimuli, a one-sided
     sign-flip p over stimuli (H0: the ablation moves the answer no more than a random displacement of the same norm)
     and BH q over every cell (layers x sites x ablations), per metric. Critical: q < FDR (so effect > control).
-    `r`: a `causal.KnockoutResult`. Returns {"rows": one dict per cell, "critical": {metric: {site: {ablation: [layers]}}}}."""
+    `r`: a `causal.KnockoutResult`. Returns {"rows": one dict per cell,
+    "critical": {metric: {site: {ablation: [layers]}}}}."""
     counts = stats.index_counts(stats.bootstrap_index(len(r.drop), n_boot, seed), len(r.drop))
     rows = [{"site": site, "layer": layer, "ablation": kind}
             for site in r.sites for layer in r.layers for kind in r.ablations]

@@ -342,7 +342,7 @@ def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
 SITE_COLORS = {"h": OKABE_ITO["blue"], "a": OKABE_ITO["vermillion"], "m": OKABE_ITO["green"]}
 SITE_NAMES = {"h": "h (residual)", "a": "a (attention out)", "m": "m (MLP out)"}
 KNOCKOUT_STYLES = {"zero": ("-", 0.2, "zeroed"), "mean": ("--", 0.0, "set mean"),
-                   "resample": ("-.", 0.0, "resampled (another stimulus)")}               # ablation -> line, band, label
+                   "resample": ("-.", 0.0, "resampled (another stimulus)")}        # ablation -> line, band, label
 
 
 def _band(ax, frame: pd.DataFrame, key: str, color, ls="-", alpha=0.25, marker=None):
@@ -450,7 +450,8 @@ def heads_heatmap(heads: dict[str, pd.DataFrame]) -> Figure:
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(model)
-    fig.colorbar(image, ax=list(axes), shrink=0.8, label="drop in own-emotion score, ranking half\n(clean minus ablated)")
+    fig.colorbar(image, ax=list(axes), shrink=0.8,
+                 label="drop in own-emotion score, ranking half\n(clean minus ablated)")
     fig.legend(handles=[Line2D([], [], marker="o", color="k", mec="white", ls="", ms=4,
                                label="held-out half: survives BH vs control")],
                loc="outside lower center", frameon=False)

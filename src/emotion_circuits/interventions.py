@@ -1,14 +1,20 @@
 """The intervention engine: one list of `Intervention` declarations per group, run either by a plain full forward
 pass per group (the reference) or by the fast path of DESIGN §8; tests run the same declarations through both.
+Both return each emotion's raw whole-word score (`readout`): log P(all tokens of its word | prompt), teacher-forced.
 
 Fast path, per prompt. `Engine.prepare` runs the prefix (every token but the last) once through the model and keeps
-each layer's keys and values, then runs the last token once without intervention, recording every site and the
-input of every block (h[l-1]; the embeddings for block 0). `Engine.run` takes many groups of interventions and
-recomputes only the last token, k groups at a time, from the lowest layer any of them touches (the layers below
-cannot change) up. The k copies of the last token sit side by side in one sequence, all at the last token's
-position: each attends to the shared prefix keys and to itself only (a block-diagonal mask), so the prefix is never
-copied k times (batching k rows over an expanded cache spent half its time copying keys). The output layer can be
-restricted to a few vocabulary rows (the answer tokens). Only the last position can be intervened on here.
+each layer's keys and values for every prefix position (sliding-window layers too: the window is applied by the
+mask), then runs the clean *tree* once: the last prompt token followed by every label word's tokens but its last,
+each word a branch (its tokens attend to the prefix, the last prompt token and their own word's earlier tokens;
+the last token's output predicts every word's first token, a word's token j predicts its token j+1). It records
+the sites of the last token and the input of every block for every tree column. `Engine.run` takes many groups
+of interventions and recomputes only the tree, k groups side by side in one sequence (a block-diagonal mask over
+the shared prefix keys, so the prefix is never copied k times), from the lowest layer the chunk touches (the layers
+below cannot change) up; the label columns attend to the intervened keys and values, and the hooks touch only the
+columns of the intervened prompt positions. With `prepare(..., positions=True)` a group may intervene at an
+earlier prompt position p: the prompt tokens p..end are recomputed as well, from the prefix keys sliced at p.
+Each scored position needs the full-vocabulary log-softmax (its partition function), so the output layer runs
+over the whole vocabulary at the tree's columns only.
 
 The decoder blocks are the model's own modules, called in order as the model's forward calls them; only the
 architectures of `sites.ARCHITECTURES` with full or sliding-window causal attention are supported.
@@ -16,6 +22,7 @@ architectures of `sites.ARCHITECTURES` with full or sliding-window causal attent
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,12 +30,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from .models import LoadedModel
+from .readout import Readout
 from .sites import Intervention, Site, SiteError, all_sites, decoder_layers, hooked, site_module
 
 Group = Sequence[Intervention]
 LAYER_TYPES = ("full_attention", "sliding_attention")
+LOGIT_BUDGET = 2 ** 24  # floats of full-vocabulary logits computed at once (64 MB in float32)
 
 
 def _take(output, index):
@@ -43,13 +53,14 @@ def _head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
-def _compile(model, groups: Sequence[Group]) -> dict[tuple, list]:
+def _compile(model, groups: Sequence[Group], column_of) -> dict[tuple, list]:
     """{(kind, layer, head): slots}; slot j holds every group's j-th intervention at that module as
-    {op: (columns `(n,)`, values `(n, features)` or None)}, so each group's own list is applied in its order."""
+    {op: (columns `(n,)`, values `(n, features)` or None)}, so each group's own list is applied in its order;
+    `column_of(group_index, iv)` is the batch column the intervention acts on."""
     cfg = model.config.get_text_config()
     n_layers, width, head_dim = cfg.num_hidden_layers, cfg.hidden_size, _head_dim(cfg)
     raw: dict[tuple, list[dict]] = {}
-    for column, group in enumerate(groups):
+    for index, group in enumerate(groups):
         count: dict[tuple, int] = defaultdict(int)
         for iv in group:
             iv.site.check(n_layers)
@@ -59,7 +70,7 @@ def _compile(model, groups: Sequence[Group]) -> dict[tuple, list]:
             slots = raw.setdefault(key, [])
             if count[key] == len(slots):
                 slots.append({})
-            slots[count[key]].setdefault(iv.op, []).append((column, iv.value))
+            slots[count[key]].setdefault(iv.op, []).append((column_of(index, iv), iv.value))
             count[key] += 1
     plans = {}
     for key, slots in raw.items():
@@ -106,8 +117,9 @@ def _edit(x: torch.Tensor, plan, lo=None, hi=None) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def column_interventions(model, groups: Sequence[Group]):
-    """Inside this block, column j of the one-sequence fast-path batch gets the interventions `groups[j]` (in order)."""
+def column_interventions(model, groups: Sequence[Group], column_of):
+    """Inside this block, the interventions `groups[j]` (in order) act on column `column_of(j, iv)` of the
+    one-sequence fast-path batch."""
     head_dim = _head_dim(model.config.get_text_config())
     handles = []
 
@@ -122,7 +134,7 @@ def column_interventions(model, groups: Sequence[Group]):
         return pre_hook
 
     try:
-        for (kind, layer, head), plan in _compile(model, groups).items():
+        for (kind, layer, head), plan in _compile(model, groups, column_of).items():
             if head is None:
                 module, index = site_module(model, Site(kind, layer))
                 handles.append(module.register_forward_hook(forward_hook(index, plan)))
@@ -135,22 +147,50 @@ def column_interventions(model, groups: Sequence[Group]):
             handle.remove()
 
 
-def plain_logits(loaded: LoadedModel, ids: Sequence[int], groups: Sequence[Group], rows=None) -> torch.Tensor:
-    """Reference: one full forward pass of the whole prompt per group, the group hooked in by `sites.hooked`.
-    Returns `(len(groups), n_out)` last-position logits (vocabulary `rows` only, if given)."""
-    input_ids = torch.tensor([list(ids)], device=loaded.device)
+def _position(iv: Intervention, n_prompt: int) -> int:
+    """The intervention's prompt position (negative counts from the end of the prompt); out of range: SiteError."""
+    position = iv.position if iv.position >= 0 else n_prompt + iv.position
+    if not 0 <= position < n_prompt:
+        raise SiteError(f"intervention at {iv.site} position {iv.position}: outside the prompt ({n_prompt} tokens)")
+    return position
+
+
+def _log_probs(logits: torch.Tensor, softcap) -> torch.Tensor:
+    """Output-layer logits -> log-softmax over the vocabulary (after the model's logit soft-capping, if any)."""
+    logits = logits.float()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1)
+
+
+def plain_scores(loaded: LoadedModel, readout: Readout, ids: Sequence[int], groups: Sequence[Group]) -> torch.Tensor:
+    """Reference: per group, one full forward pass of the prompt followed by each word's tokens (one right-padded
+    row per word), the group hooked in by `sites.hooked` at its prompt positions (-1: the prompt's last token).
+    Returns raw scores `(len(groups), n_emotions)`."""
+    ids, n = list(ids), len(ids)
+    width = max(len(seq) for seq in readout.sequences)
+    rows = [ids + list(seq[:-1]) + [0] * (width - len(seq)) for seq in readout.sequences]
+    mask = [[1] * (n + len(seq) - 1) + [0] * (width - len(seq)) for seq in readout.sequences]
+    input_ids = torch.tensor(rows, device=loaded.device)
+    attention_mask = torch.tensor(mask, device=loaded.device)
+    softcap = getattr(loaded.model.config.get_text_config(), "final_logit_softcapping", None)
     out = []
     with torch.inference_mode():
         for group in groups:
+            group = [dataclasses.replace(iv, position=_position(iv, n)) for iv in group]
             with hooked(loaded.model, interventions=group):
-                logits = loaded.model(input_ids=input_ids, logits_to_keep=1, use_cache=False).logits[0, -1]
-            out.append(logits if rows is None else logits[list(rows)])
+                logits = loaded.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                      logits_to_keep=width).logits  # positions n-1 .. n-1+width-1
+            lp = torch.log_softmax(logits.float(), dim=-1)  # the model's forward already soft-caps
+            words = torch.stack([sum(lp[w, j, t] for j, t in enumerate(seq))
+                                 for w, seq in enumerate(readout.sequences)])
+            out.append(readout.combine(words))
     return torch.stack(out).float()
 
 
 class _PrefixKV:
     """Stands in for the model's cache during a fast-path call: each layer's attention gets the prefix's keys and
-    values `(1, kv_heads, n_prefix, head_dim)` followed by those of the k new columns; nothing is stored."""
+    values `(1, kv_heads, n_prefix, head_dim)` followed by those of the new columns; nothing is stored."""
 
     def __init__(self, keys: list, values: list):
         self.keys, self.values = keys, values
@@ -160,32 +200,66 @@ class _PrefixKV:
                 torch.cat([self.values[layer_idx], value_states], dim=-2))
 
 
+@dataclass(frozen=True)
+class _Tree:
+    """The label continuation of the last prompt token. ids `(T,)` (column 0: the last prompt token, set per
+    prompt), offset `(T,)` position minus the last token's, allowed `(T, T)` column i may attend to column j;
+    per scored token `(R,)`: source (the column whose output predicts it), target (its id), word (its word)."""
+    ids: torch.Tensor
+    offset: torch.Tensor
+    allowed: torch.Tensor
+    source: torch.Tensor
+    target: torch.Tensor
+    word: torch.Tensor
+
+    @staticmethod
+    def build(sequences) -> "_Tree":
+        ids, offset, chains = [0], [0], [[0]]
+        source, target, word = [], [], []
+        for w, seq in enumerate(sequences):
+            chain = [0]
+            for j, token in enumerate(seq):
+                source.append(chain[-1])
+                target.append(token)
+                word.append(w)
+                if j < len(seq) - 1:  # the word's last token predicts nothing that is scored
+                    chain = chain + [len(ids)]
+                    ids.append(token)
+                    offset.append(j + 1)
+                    chains.append(chain)
+        allowed = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+        for column, chain in enumerate(chains):
+            allowed[column, chain] = True
+        t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+        return _Tree(t(ids), t(offset), allowed, t(source), t(target), t(word))
+
+
 @dataclass
 class Prepared:
-    """One prompt after its clean run. keys, values: per layer `(1, kv_heads, n_prefix_l, head_dim)` (a sliding-window
-    layer keeps only its window); resid `(n_layers + 1, d_model)`: row l is the input of block l (row 0 the
-    embeddings, the last row h[L-1]); sites: Site -> `(d_model,)` clean value at the last token; logits `(n_out,)`
-    clean; log_norm: logsumexp of the clean logits over the whole vocabulary (for full-vocabulary probabilities)."""
+    """One prompt after its clean run. keys, values: per layer `(1, kv_heads, n_prompt - 1, head_dim)` (every
+    prefix position); resid `(n_layers + 1, T, d_model)`: row l is the input of block l at the tree's columns
+    (column 0 the last prompt token; row 0 the embeddings, the last row h[L-1]); prompt_resid: the same
+    `(n_layers + 1, n_prompt - 1, d_model)` at the prefix positions (only with positions=True); sites: Site ->
+    `(d_model,)` clean value at the last token; raw `(n_emotions,)` clean whole-word scores."""
     ids: tuple[int, ...]
     keys: list | None
     values: list | None
     resid: torch.Tensor
     sites: dict
-    logits: torch.Tensor
-    log_norm: torch.Tensor
+    raw: torch.Tensor
+    prompt_resid: torch.Tensor | None = None
 
     def without_cache(self) -> "Prepared":
         """The same clean run without its prefix keys and values (enough to read sites and answers)."""
-        return Prepared(self.ids, None, None, self.resid, self.sites, self.logits, self.log_norm)
+        return Prepared(self.ids, None, None, self.resid, self.sites, self.raw)
 
 
 class Engine:
-    """Fast-path runner for one model. rows: vocabulary rows of the output (None: all); batch_size: groups per
-    last-token call; skip_lower_layers: start at the lowest intervened layer (False: always at block 0)."""
+    """Fast-path runner for one model and readout. batch_size: groups per call; skip_lower_layers: start at the
+    lowest intervened layer (False: always at block 0)."""
 
-    def __init__(self, loaded: LoadedModel, rows: Sequence[int] | None = None, batch_size: int = 64,
-                 skip_lower_layers: bool = True):
-        self.loaded, self.model = loaded, loaded.model
+    def __init__(self, loaded: LoadedModel, readout: Readout, batch_size: int = 64, skip_lower_layers: bool = True):
+        self.loaded, self.model, self.readout = loaded, loaded.model, readout
         self.layers = decoder_layers(self.model)
         self.base = next(m for m in self.model.modules() if getattr(m, "layers", None) is self.layers)
         self.cfg = self.model.config.get_text_config()
@@ -196,88 +270,128 @@ class Engine:
         if unknown or getattr(self.cfg, "use_bidirectional_attention", False):
             raise SiteError(f"{loaded.name}: attention {unknown or 'bidirectional'} is not supported by the fast path "
                             "(causal full or sliding-window attention only)")
+        self.window = getattr(self.cfg, "sliding_window", None)
         self._rope_by_type = "layer_type" in inspect.signature(self.base.rotary_emb.forward).parameters
         head = self.model.get_output_embeddings()
-        self.full_weight, self.full_bias = head.weight, head.bias
-        self.rows = None if rows is None else list(rows)
-        self.weight = head.weight if rows is None else head.weight[self.rows]
-        self.bias = None if head.bias is None or rows is None else head.bias[self.rows]
+        self.weight, self.bias = head.weight, head.bias
         self.softcap = getattr(self.cfg, "final_logit_softcapping", None)
+        self.tree = _Tree.build(readout.sequences)
 
-    def _head(self, h: torch.Tensor, weight, bias) -> torch.Tensor:
-        """Final-normed `(k, d_model)` -> logits `(k, n_out)`, as the model's output layer (with its soft-capping)."""
-        logits = F.linear(h, weight, bias)
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.float()
+    def _layout(self, n_prompt: int, start: int):
+        """Columns of one group when recomputing from prompt position `start`: the prompt tokens start..n-1, then
+        the tree's label columns. Returns (positions `(G,)`, allowed `(G, G)`, index of the last prompt token)."""
+        tail, T = n_prompt - start, len(self.tree.ids)
+        positions = torch.cat([torch.arange(start, n_prompt), n_prompt - 1 + self.tree.offset[1:]])
+        allowed = torch.zeros(tail + T - 1, tail + T - 1, dtype=torch.bool)
+        allowed[:tail, :tail] = torch.ones(tail, tail, dtype=torch.bool).tril()
+        allowed[tail:, :tail - 1] = True
+        allowed[tail - 1:, tail - 1:] = self.tree.allowed
+        return positions, allowed, tail - 1
 
-    def _blocks(self, prepared: Prepared, h: torch.Tensor, start: int, inputs: list | None = None) -> torch.Tensor:
-        """Run blocks start.. on `h (1, k, d_model)`, k copies of the last token at its position; returns the
-        final-normed `(1, k, d_model)`. If `inputs` is a list, block l's input `(d_model,)` (column 0) is appended."""
-        k = h.shape[1]
-        position = torch.full((1, k), len(prepared.ids) - 1, device=h.device)
-        own = torch.full((k, k), torch.finfo(h.dtype).min, dtype=h.dtype, device=h.device).fill_diagonal_(0)
-        masks = {}
-        for keys in prepared.keys[start:]:
-            n_prefix = keys.shape[-2]
-            if n_prefix not in masks:
-                masks[n_prefix] = torch.cat([own.new_zeros(k, n_prefix), own], dim=1)[None, None]
+    def _masks(self, positions: torch.Tensor, allowed: torch.Tensor, k: int, n_prefix: int, dtype, device) -> dict:
+        """Additive masks `(1, 1, k*G, n_prefix + k*G)` per layer type for k groups side by side."""
+        q = positions.repeat(k)
+        kv = torch.cat([torch.arange(n_prefix), q])
+        ok = torch.cat([torch.ones(len(q), n_prefix, dtype=torch.bool), torch.block_diag(*[allowed] * k)], dim=1)
+        out = {}
+        for kind in set(self.layer_types):
+            keep = ok if kind == "full_attention" or self.window is None else ok & (q[:, None] - kv[None] < self.window)
+            mask = torch.zeros(keep.shape, dtype=dtype).masked_fill_(~keep, torch.finfo(dtype).min)
+            out[kind] = mask.to(device)[None, None]
+        return out
+
+    def _blocks(self, prepared: Prepared, h: torch.Tensor, layer0: int, start: int, k: int,
+                inputs: list | None = None) -> torch.Tensor:
+        """Run blocks layer0.. on `h (1, k*G, d_model)`: k groups laid out by `_layout(n, start)`; returns the
+        final-normed `(1, k*G, d_model)`. If `inputs` is a list, block l's input `(k*G, d_model)` is appended."""
+        positions, allowed, _ = self._layout(len(prepared.ids), start)
+        masks = self._masks(positions, allowed, k, start, h.dtype, h.device)
+        position_ids = positions.repeat(k)[None].to(h.device)
         types = set(self.layer_types)
         if self._rope_by_type:
-            rope = {t: self.base.rotary_emb(h, position, t) for t in types}
+            rope = {t: self.base.rotary_emb(h, position_ids, t) for t in types}
         else:
-            rope = dict.fromkeys(types, self.base.rotary_emb(h, position))
-        cache = _PrefixKV(prepared.keys, prepared.values)
-        for layer in range(start, self.n_layers):
+            rope = dict.fromkeys(types, self.base.rotary_emb(h, position_ids))
+        cache = _PrefixKV([x[..., :start, :] for x in prepared.keys], [x[..., :start, :] for x in prepared.values])
+        for layer in range(layer0, self.n_layers):
             if inputs is not None:
-                inputs.append(h[0, 0])
-            h = self.layers[layer](h, attention_mask=masks[prepared.keys[layer].shape[-2]],
-                                   position_embeddings=rope[self.layer_types[layer]], position_ids=position,
+                inputs.append(h[0])
+            h = self.layers[layer](h, attention_mask=masks[self.layer_types[layer]],
+                                   position_embeddings=rope[self.layer_types[layer]], position_ids=position_ids,
                                    cache=cache)
+        if inputs is not None:
+            inputs.append(h[0])
         return self.base.norm(h)
 
-    def prepare(self, ids: Sequence[int]) -> Prepared:
-        """Prefix keys and values (the model's own forward, once) and the clean run of the last token."""
+    def _scores(self, final: torch.Tensor) -> torch.Tensor:
+        """Final-normed tree columns `(k, T, d_model)` -> raw scores `(k, n_emotions)`: per word the sum of its
+        tokens' log-probabilities (full-vocabulary log-softmax at each source column)."""
+        k, T, _ = final.shape
+        step = max(1, LOGIT_BUDGET // (T * self.weight.shape[0]))
+        words = []
+        for at in range(0, k, step):
+            lp = _log_probs(F.linear(final[at:at + step], self.weight, self.bias), self.softcap)  # (s, T, vocab)
+            per_token = lp[:, self.tree.source.to(lp.device), self.tree.target.to(lp.device)]  # (s, R)
+            words.append(torch.zeros(len(lp), len(self.readout.words), device=lp.device)
+                         .index_add_(1, self.tree.word.to(lp.device), per_token))
+        return self.readout.combine(torch.cat(words))
+
+    def prepare(self, ids: Sequence[int], positions: bool = False) -> Prepared:
+        """Prefix keys and values (the model's own forward, once), and the clean run of the tree. positions=True
+        also keeps every block's input at the prefix positions, for interventions at earlier positions."""
         ids = tuple(int(i) for i in ids)
         if len(ids) < 2:
             raise SiteError("the fast path needs a prompt of at least two tokens")
-        device = self.loaded.device
+        device, n = self.loaded.device, len(ids)
         with torch.inference_mode():
-            prefix = self.base(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True).cache
-            prepared = Prepared(ids, [layer.keys for layer in prefix.layers],
-                                [layer.values for layer in prefix.layers], None, {}, None, None)
-            h = self.model.get_input_embeddings()(torch.tensor([ids[-1:]], device=device))
+            states = []
+            last = self.layers[-1].register_forward_hook(lambda _m, _i, out: states.append(_take(out, 0)))
+            try:
+                prefix = self.base(input_ids=torch.tensor([ids[:-1]], device=device), cache=DynamicCache(),
+                                   use_cache=True, output_hidden_states=positions)
+            finally:
+                last.remove()
+            prompt_resid = torch.cat([*prefix.hidden_states[:-1], states[-1]]) if positions else None
+            prepared = Prepared(ids, [layer.keys for layer in prefix.cache.layers],
+                                [layer.values for layer in prefix.cache.layers], None, {}, None, prompt_resid)
+            tree_ids = self.tree.ids.clone()
+            tree_ids[0] = ids[-1]
+            h = self.model.get_input_embeddings()(tree_ids[None].to(device))
             resid = []
-            with hooked(self.model, reads=all_sites(self.n_layers)) as read:
-                final = self._blocks(prepared, h, 0, inputs=resid)
-            full = self._head(final[:, -1], self.full_weight, self.full_bias)[0]
+            with hooked(self.model, reads=all_sites(self.n_layers), position=0) as read:
+                final = self._blocks(prepared, h, 0, n - 1, 1, inputs=resid)
+            prepared.raw = self._scores(final)[0]
         prepared.sites = {site: value[0] for site, value in read.items()}
-        prepared.resid = torch.stack([*resid, prepared.sites[Site("h", self.n_layers - 1)]])
-        prepared.logits = full if self.rows is None else full[self.rows]
-        prepared.log_norm = torch.logsumexp(full.double(), dim=-1)
+        prepared.resid = torch.stack(resid)
         return prepared
 
     def _start(self, group: Group) -> int:
         return min((iv.site.layer for iv in group), default=self.n_layers - 1) if self.skip else 0
 
     def run(self, prepared: Prepared, groups: Sequence[Group]) -> torch.Tensor:
-        """Logits `(len(groups), n_out)` of the last token with group j's interventions `groups[j]`."""
+        """Raw whole-word scores `(len(groups), n_emotions)` (log-probabilities, teacher-forced; `readout`) with
+        group j's interventions `groups[j]`, each at its prompt position (-1: the last token)."""
         if prepared.keys is None:
             raise SiteError("this prepared prompt was stored without its prefix cache; prepare it again to run it")
+        n = len(prepared.ids)
+        start = min((_position(iv, n) for group in groups for iv in group), default=n - 1)
         for group in groups:
             for iv in group:
                 iv.site.check(self.n_layers)
-                if iv.position not in (-1, len(prepared.ids) - 1):
-                    raise SiteError(f"intervention at {iv.site} position {iv.position}: the fast path recomputes "
-                                    "the last token only (use plain_logits for other positions)")
+        if start < n - 1 and prepared.prompt_resid is None:
+            raise SiteError(f"intervention at position {start}: prepare the prompt with positions=True to intervene "
+                            "before its last token")
+        tail = prepared.resid if start == n - 1 else torch.cat([prepared.prompt_resid[:, start:], prepared.resid], 1)
+        width, last = tail.shape[1], n - 1 - start
         order = sorted(range(len(groups)), key=lambda i: self._start(groups[i]))
-        out = torch.empty(len(groups), len(prepared.logits))
+        out = torch.empty(len(groups), len(self.readout.emotions))
         with torch.inference_mode():
             for at in range(0, len(order), self.batch_size):
                 chunk = order[at:at + self.batch_size]
-                start = min(self._start(groups[i]) for i in chunk)
-                h = prepared.resid[start].expand(1, len(chunk), -1)
-                with column_interventions(self.model, [groups[i] for i in chunk]):
-                    final = self._blocks(prepared, h, start)
-                out[chunk] = self._head(final[0], self.weight, self.bias)
+                layer0 = min(self._start(groups[i]) for i in chunk)
+                h = tail[layer0].repeat(len(chunk), 1)[None]
+                column_of = lambda j, iv: j * width + _position(iv, n) - start  # noqa: E731
+                with column_interventions(self.model, [groups[i] for i in chunk], column_of):
+                    final = self._blocks(prepared, h, layer0, start, len(chunk))
+                out[chunk] = self._scores(final.view(len(chunk), width, -1)[:, last:]).cpu()
         return out

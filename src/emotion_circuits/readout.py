@@ -1,15 +1,19 @@
-"""The model's answer: a distribution over the eight emotions from the next-token logits at the extraction position.
+"""The model's answer: whole-word scores of the eight emotion labels after the prompt, and contextual calibration.
 
-Each emotion owns the first token of each of its answer words (params.yaml `answers:`) written with a leading space
-(after "Answer:" the answer starts with one), and the bare word where it is one whole token (a bare fragment such as
-'g' of 'grief' says nothing about the word). Its probability is the mass on its tokens, renormalised over all answer tokens; the full-vocabulary
-partition function cancels in that ratio, so the output layer can be restricted to the answer tokens' rows
-(`Readout.token_ids`) wherever only the distribution is needed. `answer_mass` (which does need the full vocabulary)
-says how much of the model's next-token probability falls on answer tokens at all.
+An emotion's raw score is log P(all tokens of its label word | prompt), teacher-forced, the word written with a
+leading space (after "Answer:" the answer starts with one): ' loathing' is [' lo', 'athing'] in both embedded
+tokenizers, so a first fragment alone would score ' lo', one of the commonest tokens. By default each emotion has
+one word, its own name as the prompt lists it; params `answers.words` may give synonyms, whose whole-word
+probabilities add up (logsumexp of their log-probabilities). The engine (`interventions.Engine`) computes the
+per-word log-probabilities; `Readout.combine` turns them into per-emotion raw scores.
+
+Contextual calibration (Zhao et al. 2021): the raw scores carry each label's prior in this template (a frequent
+word scores high whatever the text). The offsets are the mean raw scores over content-free inputs ("N/A", "",
+"[MASK]") put in the template in place of the stimulus; calibrated = log_softmax(raw - offsets) over the eight.
+With `calibrate: false` the offsets are 0 (the raw scores renormalised over the eight).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,114 +24,111 @@ from .config import EMOTIONS, ConfigError
 
 
 @dataclass(frozen=True)
-class AnswerWords:
-    """params.yaml `answers:`: the words that count as answering each emotion (at least one per emotion)."""
-    rage: tuple[str, ...] = ()
-    grief: tuple[str, ...] = ()
-    terror: tuple[str, ...] = ()
-    ecstasy: tuple[str, ...] = ()
-    loathing: tuple[str, ...] = ()
-    amazement: tuple[str, ...] = ()
-    admiration: tuple[str, ...] = ()
-    vigilance: tuple[str, ...] = ()
+class AnswerSettings:
+    """params.yaml `answers:`. words: {emotion: [word, ...]} (null, or an emotion left out: its own name);
+    content_free: texts that replace the stimulus to measure the calibration offsets; calibrate: false to skip it."""
+    words: dict[str, tuple[str, ...]] | None = None
+    content_free: tuple[object, ...] = ("N/A", "", "[MASK]")  # strings; the empty text is one of them
+    calibrate: bool = True
 
     def __post_init__(self):
-        for emotion in EMOTIONS:
-            words = getattr(self, emotion)
-            if not words or not all(isinstance(w, str) and w.strip() for w in words):
-                raise ConfigError(f"params.yaml: answers.{emotion}: no answer words (give a list of at least one word)")
+        if not self.content_free:
+            raise ConfigError("params.yaml: answers.content_free: empty (give at least one content-free text, "
+                              "e.g. \"N/A\")")
+        for i, text in enumerate(self.content_free):
+            if not isinstance(text, str):
+                raise ConfigError(f"params.yaml: answers.content_free[{i}]: expected a string, got {text!r}")
 
-    def as_dict(self) -> dict[str, tuple[str, ...]]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def words_for(self, emotions=EMOTIONS) -> dict[str, tuple[str, ...]]:
+        """{emotion: its stripped words}; unknown emotions, empty lists and empty words are ConfigErrors."""
+        given = self.words or {}
+        unknown = sorted(set(given) - set(emotions))
+        if unknown:
+            raise ConfigError(f"params.yaml: answers.words.{unknown[0]}: unknown emotion (emotions: {', '.join(emotions)})")
+        out = {}
+        for emotion in emotions:
+            words = given.get(emotion, (emotion,))
+            if not words:
+                raise ConfigError(f"params.yaml: answers.words.{emotion}: no words (give at least one, or leave the "
+                                  "emotion out to use its name)")
+            for i, word in enumerate(words):
+                if not word.strip():
+                    raise ConfigError(f"params.yaml: answers.words.{emotion}[{i}]: empty word")
+            out[emotion] = tuple(dict.fromkeys(w.strip() for w in words))
+        return out
 
 
 @dataclass(frozen=True)
 class Readout:
-    """Answer tokens grouped by emotion. token_ids `(n_tokens,)` vocabulary rows; owner `(n_tokens,)` emotion index."""
+    """The scored words. words, sequences (each word's token ids, with its leading space), owner (emotion index of
+    each word): `(n_words,)` tuples."""
     emotions: tuple[str, ...]
-    token_ids: tuple[int, ...]
+    words: tuple[str, ...]
+    sequences: tuple[tuple[int, ...], ...]
     owner: tuple[int, ...]
-    tokens: tuple[str, ...]
 
     @staticmethod
-    def build(tokenizer, answers, emotions: tuple[str, ...] = EMOTIONS) -> "Readout":
-        """First token of each word with a leading space (a whitespace-only token is skipped), and the bare word if
-        it is a single token; deduplicated. A token claimed by two emotions is a ConfigError naming both."""
-        answers = answers.as_dict() if isinstance(answers, AnswerWords) else dict(answers)
-        claimed: dict[int, tuple[str, str]] = {}
-        ids, owner = [], []
+    def build(tokenizer, answers: AnswerSettings | dict, emotions: tuple[str, ...] = EMOTIONS) -> "Readout":
+        """Tokenize ' ' + word for every word (no special tokens). A word that gives no token, or the same tokens
+        as another emotion's word, is a ConfigError naming the key."""
+        words = answers.words_for(emotions) if isinstance(answers, AnswerSettings) else dict(answers)
+        seen: dict[tuple[int, ...], tuple[str, str]] = {}
+        out_words, sequences, owner = [], [], []
         for index, emotion in enumerate(emotions):
-            words = answers.get(emotion) or ()
-            if not words:
-                raise ConfigError(f"params.yaml: answers.{emotion}: no answer words (give a list of at least one word)")
-            found = 0
-            for word in words:
-                word = word.strip()
-                spaced = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-                bare = tokenizer(word, add_special_tokens=False)["input_ids"]
-                tokens = [next((t for t in spaced if tokenizer.decode([t]).strip()), None)]
-                tokens += bare if len(bare) == 1 else []
-                for token, variant in zip(tokens, (" " + word, word)):
-                    if token is None:
-                        continue
-                    if token in claimed and claimed[token][0] != emotion:
-                        other, other_word = claimed[token]
-                        raise ConfigError(
-                            f"params.yaml: answers: token {tokenizer.decode([token])!r} starts both {other}: "
-                            f"{other_word!r} and {emotion}: {variant.strip()!r}; drop one of the words")
-                    if token not in claimed:
-                        claimed[token] = (emotion, variant.strip())
-                        ids.append(token)
-                        owner.append(index)
-                        found += 1
-            if not found:
-                raise ConfigError(f"params.yaml: answers.{emotion}: no word gives a token")
-        return Readout(emotions=tuple(emotions), token_ids=tuple(ids), owner=tuple(owner),
-                       tokens=tuple(tokenizer.decode([t]) for t in ids))
+            for word in words[emotion]:
+                ids = tuple(tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"])
+                if not ids:
+                    raise ConfigError(f"params.yaml: answers.words.{emotion}: {word!r} gives no token")
+                if ids in seen and seen[ids][0] != emotion:
+                    raise ConfigError(f"params.yaml: answers.words: {emotion}: {word!r} has the same tokens as "
+                                      f"{seen[ids][0]}: {seen[ids][1]!r}; drop one")
+                if ids not in seen:
+                    seen[ids] = (emotion, word)
+                    out_words.append(word)
+                    sequences.append(ids)
+                    owner.append(index)
+        return Readout(tuple(emotions), tuple(out_words), tuple(sequences), tuple(owner))
 
-    def by_emotion(self) -> dict[str, str]:
-        """{emotion: its answer tokens joined by '|'}, to print beside the results."""
-        return {e: "|".join(t for t, o in zip(self.tokens, self.owner) if o == i) for i, e in enumerate(self.emotions)}
+    def pieces(self, tokenizer) -> dict[str, str]:
+        """{emotion: its words as token pieces, e.g. ' lo+athing'}, to print beside the results."""
+        out = {e: [] for e in self.emotions}
+        for seq, o in zip(self.sequences, self.owner):
+            out[self.emotions[o]].append("+".join(tokenizer.decode([t]) for t in seq))
+        return {e: "|".join(v) for e, v in out.items()}
 
-    def _member(self, device) -> torch.Tensor:
-        """`(n_emotions, n_tokens)` True where the token belongs to the emotion."""
-        owner = torch.tensor(self.owner, device=device)
-        return owner[None, :] == torch.arange(len(self.emotions), device=device)[:, None]
-
-    def log_probs(self, answer_logits: torch.Tensor) -> torch.Tensor:
-        """`(..., n_tokens)` logits of the answer tokens -> `(..., n_emotions)` log answer distribution (sums to 1)."""
-        z = answer_logits.double()
-        member = self._member(z.device)
+    def combine(self, word_scores: torch.Tensor) -> torch.Tensor:
+        """`(..., n_words)` whole-word log-probabilities -> `(..., n_emotions)` raw scores (logsumexp of synonyms)."""
+        z = word_scores.double()
+        owner = torch.tensor(self.owner, device=z.device)
+        member = owner[None, :] == torch.arange(len(self.emotions), device=z.device)[:, None]
         per = torch.where(member, z[..., None, :], torch.tensor(-torch.inf, dtype=z.dtype, device=z.device))
-        per = torch.logsumexp(per, dim=-1)
-        return (per - torch.logsumexp(z, dim=-1, keepdim=True)).float()
+        return torch.logsumexp(per, dim=-1).float()
 
-    def from_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        """`(..., vocab)` -> `(..., n_tokens)` the answer tokens' logits."""
-        return logits[..., list(self.token_ids)]
-
-    def answer_mass(self, answer_logits: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary probability on all answer tokens, given the logsumexp over the vocabulary `log_norm`."""
-        return torch.exp(torch.logsumexp(answer_logits.double(), dim=-1) - log_norm.double()).float()
-
-    def top1(self, log_probs: torch.Tensor) -> np.ndarray:
+    def top1(self, scores: torch.Tensor) -> np.ndarray:
         """`(..., n_emotions)` -> emotion names of the argmax."""
-        return np.asarray(self.emotions)[log_probs.argmax(dim=-1).cpu().numpy()]
+        return np.asarray(self.emotions)[scores.argmax(dim=-1).cpu().numpy()]
 
 
-def behaviour(readout: Readout, log_probs: torch.Tensor, emotions, mass=None, n_boot: int = 1000,
+def calibrate(raw: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """`(..., n_emotions)` raw scores minus `(n_emotions,)` offsets, log-softmaxed over the emotions."""
+    return torch.log_softmax(raw.double() - offsets.double(), dim=-1).float()
+
+
+def behaviour(readout: Readout, raw: torch.Tensor, calibrated: torch.Tensor, emotions, n_boot: int = 1000,
               seed: int = 0) -> dict:
-    """Behavioural accuracy of `(n, n_emotions)` answers against the stimuli's emotions, with a bootstrap interval;
-    chance is 1/8. Also the mean probability of the correct emotion and (if given) of the answer tokens at all."""
+    """Accuracy (top-1 equals the stimulus's emotion) of the raw and the calibrated `(n, n_emotions)` scores, each
+    with a bootstrap 95% interval over stimuli (chance 1/8); answer histograms; the mean calibrated probability of
+    the correct emotion; label_mass: the mean full-vocabulary probability that the answer is one of the words."""
     emotions = np.asarray(emotions)
-    correct = readout.top1(log_probs) == emotions
     index = np.array([readout.emotions.index(e) for e in emotions])
-    p_correct = log_probs.exp().cpu().numpy()[np.arange(len(emotions)), index]
-    acc, low, high = stats.bootstrap_mean(correct.astype(float), n_boot=n_boot, seed=seed)
-    out = {"n": len(emotions), "accuracy": acc, "accuracy_low": low, "accuracy_high": high,
-           "chance": 1 / len(readout.emotions), "p_correct": float(p_correct.mean())}
-    if mass is not None:
-        out["answer_mass"] = float(np.mean(np.asarray(mass)))
-    counts = dict(zip(*np.unique(readout.top1(log_probs), return_counts=True)))
-    out["answered"] = {e: int(counts.get(e, 0)) for e in readout.emotions}
+    out = {"n": len(emotions), "chance": 1 / len(readout.emotions)}
+    for name, scores in (("raw", raw), ("calibrated", calibrated)):
+        top1 = readout.top1(scores)
+        acc, low, high = stats.bootstrap_mean((top1 == emotions).astype(float), n_boot=n_boot, seed=seed)
+        prefix = "" if name == "calibrated" else "raw_"
+        out.update({f"{prefix}accuracy": acc, f"{prefix}accuracy_low": low, f"{prefix}accuracy_high": high})
+        counts = dict(zip(*np.unique(top1, return_counts=True)))
+        out[f"answered_{name}"] = {e: int(counts.get(e, 0)) for e in readout.emotions}
+    out["p_correct"] = float(calibrated.double().exp().cpu().numpy()[np.arange(len(emotions)), index].mean())
+    out["label_mass"] = float(torch.logsumexp(raw.double(), dim=-1).exp().mean())
     return out

@@ -286,9 +286,16 @@ def patching_rows(patching: dict) -> tuple[list, list]:
 
 
 def behaviour_rows(patching: dict) -> list[tuple]:
-    """The model's own top-1 answer among the 8 emotion words, per stimulus set (from the patching stage)."""
-    return [(f"behaviour.{name}", f"Set {name}: the model's own answer is right (accuracy, chance 1/8)",
-             ci(b, "accuracy", pct=True)) for name, b in sorted(patching.get("behaviour", {}).items())]
+    """The model's own top-1 answer among the 8 emotion words (whole-word scores, calibrated; raw beside it), per
+    stimulus set (from the patching stage)."""
+    rows = []
+    for name, b in sorted(patching.get("behaviour", {}).items()):
+        rows.append((f"behaviour.{name}", f"Set {name}: the model's own answer is right (calibrated accuracy, "
+                     "chance 1/8)", ci(b, "accuracy", pct=True)))
+        if "raw_accuracy" in b:
+            rows.append((f"behaviour.{name}.raw", f"Set {name}: the same without calibration (raw whole-word scores)",
+                         ci(b, "raw_accuracy", "accuracy", pct=True)))
+    return rows
 
 
 def knockout_rows(knockout: dict) -> list[tuple]:
