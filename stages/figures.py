@@ -26,7 +26,8 @@ INTERVENTIONS = (
                                          "baseline_flip_high"), F.patching_layers),
     ("knockout", "knockout_detail.csv", ("site", "op", "layer", "depth", "kl", "kl_low", "kl_high"),
      F.knockout_layers),
-    ("heads", "heads.csv", ("layer", "head", "drop", "drop_low"), F.heads_heatmap))
+    ("heads", "heads.csv", ("layer", "head", "drop", "drop_low"), F.heads_heatmap),
+    ("positions", "positions.csv", ("layer", "bin", "recovery", "recovery_low"), F.positions_heatmap))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:
