@@ -63,7 +63,7 @@ def test_pairs_take_emotions_in_turn_and_need_twins():
     assert all(t.id == s.pair for s, t in pairs)
     with pytest.raises(ConfigError, match="b-rage-0 has no twin 'n-rage-0'"):
         choose_pairs(items, twins[1:], ("rage", "grief"), 3)
-    assert default_layers(30) == [0, 9, 19, 28]
+    assert default_layers(30) == [0, 14, 28]
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -29,13 +29,13 @@ from .sites import Intervention, Site
 @dataclass(frozen=True)
 class PositionSettings:
     """params.yaml `positions:`. set / twin_set: the emotion set and its neutral twins (linked by `pair`); layers:
-    h layers patched (null: four evenly spaced depths, see default_layers); n_pairs: B items (the first of each emotion in turn);
+    h layers patched (null: three evenly spaced depths, see default_layers); n_pairs: B items (the first of each emotion in turn);
     bins: relative positions in the stimulus text (one patched token each)."""
     set: str = "B"
     twin_set: str = "N"
     layers: tuple[int, ...] | None = None
-    n_pairs: int = 16
-    bins: int = 8
+    n_pairs: int = 8
+    bins: int = 5
 
     def __post_init__(self):
         if self.n_pairs < 2:
@@ -45,9 +45,9 @@ class PositionSettings:
 
 
 def default_layers(n_layers: int) -> list[int]:
-    """Four evenly spaced layers from the first to the last but one (h[L-1] at an earlier token feeds nothing that
+    """Three evenly spaced layers from the first to the last but one (h[L-1] at an earlier token feeds nothing that
     is read: no later layer attends to it)."""
-    return sorted({round(x) for x in np.linspace(0, n_layers - 2, 4)})
+    return sorted({round(x) for x in np.linspace(0, n_layers - 2, 3)})
 
 
 def choose_pairs(items, twins, emotions, n_pairs: int) -> list[tuple]:
