@@ -27,7 +27,8 @@ INTERVENTIONS = (
     ("knockout", "knockout_detail.csv", ("site", "ablation", "layer", "depth", "kl", "kl_low", "kl_high",
                                          "control_kl", "control_kl_low", "control_kl_high", "kl_critical"),
      F.knockout_layers),
-    ("heads", "heads.csv", ("layer", "head", "rank_drop", "survives"), F.heads_heatmap))
+    ("heads", "heads.csv", ("layer", "head", "rank_drop", "survives"), F.heads_heatmap),
+    ("positions", "positions.csv", ("layer", "bin", "recovery", "recovery_low"), F.positions_heatmap))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:

@@ -11,19 +11,21 @@ from pathlib import Path
 
 
 from . import causal_summary
-from .causal import (HeadSettings, InterventionSettings, KnockoutSettings, PatchingSettings, clean_runs,
-                     heads, knockout, patching, resolve_layers)
+from .causal import (HeadSettings, InterventionSettings, KnockoutSettings, PatchingSettings,
+                     calibration_offsets, clean_runs, heads, knockout, patching, resolve_layers)
 from .config import ConfigError, Params
 from .interventions import Engine
 from .io import write_csv, write_json
 from .models import load_model
+from .positions import PositionSettings, choose_pairs, default_layers, patch_positions, recovery
 from .readout import AnswerSettings, Readout, behaviour
 from .stimuli import load_stimuli
 
 log = logging.getLogger(__name__)
 
-SECTIONS = {"patching": PatchingSettings, "knockout": KnockoutSettings, "heads": HeadSettings}
-SEED_OFFSET = {"patching": 10, "knockout": 20, "heads": 30}
+SECTIONS = {"patching": PatchingSettings, "knockout": KnockoutSettings, "heads": HeadSettings,
+            "positions": PositionSettings}
+SEED_OFFSET = {"patching": 10, "knockout": 20, "heads": 30, "positions": 40}
 
 
 @dataclass
@@ -53,13 +55,15 @@ def setup(params: Params, model: str, stage: str) -> Setup:
     template = params.prompt(shared.prompt).template
     keys = [("set", settings.set)] + [(f"behaviour_sets[{i}]", name)
                                       for i, name in enumerate(getattr(settings, "behaviour_sets", ()))]
+    keys += [("twin_set", settings.twin_set)] if hasattr(settings, "twin_set") else []
     for key, name in keys:
         if name not in params.stimuli:
             raise ConfigError(f"params.yaml: {stage}.{key}: unknown stimulus set {name!r} "
                               f"(stimuli: {', '.join(params.stimuli)})")
     stimuli = {name: load_stimuli(params.stimulus_file(name), name) for _, name in keys}
     loaded = load_model(model, params)
-    layers = resolve_layers(settings.layers, loaded.n_layers, f"{stage}.layers", getattr(settings, "layer_step", 1))
+    layers = (default_layers(loaded.n_layers) if stage == "positions" and settings.layers is None else
+              resolve_layers(settings.layers, loaded.n_layers, f"{stage}.layers", getattr(settings, "layer_step", 1)))
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
     engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
     return Setup(model, settings, shared, template, stimuli, engine, readout, layers, params.seed + SEED_OFFSET[stage],
@@ -184,7 +188,31 @@ def run_heads(s: Setup):
     return metrics, ordered, None, columns
 
 
-RUNNERS = {"patching": run_patching, "knockout": run_knockout, "heads": run_heads}
+def run_positions(s: Setup):
+    """B -> N patching of h at one token per relative-position bin of the stimulus text (`positions`)."""
+    cfg, n_boot, tok = s.settings, s.shared.n_boot, s.engine.loaded.tokenizer
+    pairs = choose_pairs(s.stimuli[cfg.set], s.stimuli[cfg.twin_set], s.readout.emotions, cfg.n_pairs)
+    offsets = calibration_offsets(s.engine, tok, s.template, s.answers)
+    result = patch_positions(s.engine, tok, s.template, pairs, offsets, s.layers, cfg.bins)
+    rec = recovery(result.ld_patched, result.ld_b, result.ld_n, n_boot, s.seed)
+    rows = [{"layer": layer, "depth": (layer + 1) / s.engine.n_layers, "bin": b, "position": (b + 0.5) / cfg.bins,
+             "recovery": rec["recovery"][j, b], "recovery_low": rec["low"][j, b], "recovery_high": rec["high"][j, b],
+             "ld_patched": float(result.ld_patched[:, j, b].mean())}
+            for j, layer in enumerate(result.layers) for b in range(cfg.bins)]
+    peak = max(rows, key=lambda r: r["recovery"])
+    metrics = {"model": s.name, "set": cfg.set, "twin_set": cfg.twin_set, "prompt": s.shared.prompt,
+               "n_pairs": len(pairs), "bins": cfg.bins, "layers": ",".join(map(str, result.layers)),
+               "ld_b": float(result.ld_b.mean()), "ld_n": float(result.ld_n.mean()),
+               **{k: rec[k] for k in ("denominator", "denominator_low", "denominator_high")},
+               "denominator_covers_0": rec["denominator_low"] <= 0 <= rec["denominator_high"],
+               "peak": {k: peak[k] for k in ("layer", "bin", "position", "recovery", "recovery_low", "recovery_high")}}
+    log.info("%s positions: peak recovery %.2f [%.2f, %.2f] at layer %d, bin %d; denominator %.2f", s.name,
+             peak["recovery"], peak["recovery_low"], peak["recovery_high"], peak["layer"], peak["bin"],
+             rec["denominator"])
+    return metrics, rows, None, list(rows[0])
+
+
+RUNNERS = {"patching": run_patching, "knockout": run_knockout, "heads": run_heads, "positions": run_positions}
 
 
 def run_stage(params: Params, model: str, stage: str, metrics_dir="metrics", plots_dir="plots") -> dict:

@@ -457,3 +457,35 @@ def heads_heatmap(heads: dict[str, pd.DataFrame]) -> Figure:
                loc="outside lower center", frameon=False)
     fig.suptitle("Single-head ablation at the last token")
     return fig
+
+
+@styled
+def positions_heatmap(positions: dict[str, pd.DataFrame]) -> Figure:
+    """Recovery of the Set B item's emotion when its h[l] is patched into its neutral twin at one token of the
+    stimulus text (`positions`: the stage's positions.csv rows), layer (rows) by relative position in the text
+    (columns, bins), one panel per model; a dot marks cells whose 95% interval lies above 0. One scale centred on 0."""
+    fig, axes = _panels(len(positions), 3.2, ncols=min(len(positions), 2))
+    matrices = {m: f.pivot(index="layer", columns="bin", values="recovery").sort_index().sort_index(axis=1)
+                for m, f in positions.items()}
+    limit = max([1e-3] + [float(np.nanmax(np.abs(m.to_numpy()))) for m in matrices.values()])
+    image = None
+    for ax, (model, matrix) in zip(axes, matrices.items()):
+        image = ax.imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto",
+                          interpolation="nearest")
+        frame = positions[model]
+        sure = frame[frame["recovery_low"] > 0]
+        rows, cols = list(matrix.index), list(matrix.columns)
+        ax.plot([cols.index(b) for b in sure["bin"]], [rows.index(l) for l in sure["layer"]], "o", color="k",
+                ms=3, mec="white", mew=0.6, ls="")
+        n_bins = len(cols)
+        ax.set_xticks([-0.5, (n_bins - 1) / 2, n_bins - 0.5], ["start", "middle", "end"])
+        ax.set_yticks(range(len(rows)), rows)
+        ax.spines[:].set_visible(False)
+        ax.set_xlabel("relative position in the stimulus text")
+        ax.set_ylabel("layer (h)")
+        ax.set_title(model)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="recovery of the B item's emotion\n(ratio of mean LDs)")
+    fig.legend(handles=[Line2D([], [], marker="o", color="k", mec="white", ls="", ms=4, label="95% CI above 0")],
+               loc="outside lower center", frameon=False)
+    fig.suptitle("Patching B into its neutral twin, one text position at a time")
+    return fig
