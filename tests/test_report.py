@@ -15,11 +15,12 @@ from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 
-from emotion_circuits import report
+from emotion_circuits import report, stats
 from emotion_circuits.config import EMOTIONS, load_params
 from emotion_circuits.io import DataError, save_npz
 from emotion_circuits.probes import random_init_of, run_probes, settings_from, write_outputs
@@ -118,11 +119,14 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
     thirds of the depth and the control patch rarely flipping."""
     from emotion_circuits import causal, causal_report as cr
     from emotion_circuits.readout import Readout
+    from emotion_circuits.stimuli import Stimulus
 
     rng = np.random.default_rng(seed)
     depth = (np.arange(n_layers) + 1) / n_layers
-    labels = np.repeat(EMOTIONS, 4)
+    labels = np.repeat(EMOTIONS, PER_CLASS)
     readout = Readout(emotions=EMOTIONS, words=(), sequences=(), owner=())
+    stimuli = {name: [Stimulus(f"{name.lower()}-{i:02d}", name, e, "") for i, e in enumerate(labels)]
+               for name in "AB"}    # the ids of the probes fixture's sets
 
     def clean(*args, **kwargs):
         raw = torch.from_numpy(rng.normal(size=(len(labels), 8)) * 2 - 6).float()
@@ -133,7 +137,7 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
     def setup(params, model, stage):
         shared = params.section("interventions", causal.InterventionSettings)
         engine = SimpleNamespace(loaded=SimpleNamespace(tokenizer=None), n_layers=n_layers)
-        return cr.Setup(model, params.section(stage, cr.SECTIONS[stage]), shared, "", {"A": [], "B": []}, engine,
+        return cr.Setup(model, params.section(stage, cr.SECTIONS[stage]), shared, "", stimuli, engine,
                         readout, list(range(n_layers)), seed)
 
     def patching(engine, readout, clean, sites, layers, per_source, seed):
@@ -271,6 +275,15 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
         patching = json.loads((metrics / model / "patching.json").read_text())
         knockout = json.loads((metrics / model / "knockout.json").read_text())
         heads = json.loads((metrics / model / "heads.json").read_text())
+        answers = pd.read_csv(run_root / "plots" / model / "answers.csv")
+        for name, b in patching["behaviour"].items():     # answers.csv holds the answers behind the histogram
+            counts = answers[answers["set"] == name]["answer"].value_counts()
+            assert {e: int(counts.get(e, 0)) for e in EMOTIONS} == b["answered_calibrated"]
+        answers = answers[answers["set"] == "B"].set_index("id")
+        probe = pd.read_csv(run_root / "plots" / model / "probes" / "confusion" / "set_b_h.csv").set_index("id")
+        assert len(answers) == len(probe) == 8 * PER_CLASS
+        agreement = stats.agreement(answers["answer"], probe.loc[answers.index, "predicted"], 1000, 0)
+        assert agreement["agreement"] == np.mean(answers["answer"].values == probe.loc[answers.index, "predicted"].values)
         expected |= {
             "h.patching_recovery.first_layer": patching["h"]["first_layer"],
             "h.patching_recovery.recovery_low": patching["h"]["recovery_low"],
@@ -290,6 +303,8 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
         }
         for key, value in expected.items():
             assert flat[f"{model}/{key}"] == value, key
+        for key in ("agreement", "kappa", "kappa_low", "chance", "p"):       # recomputed here from the two CSVs
+            assert flat[f"{model}/behaviour.B.probe_agreement.{key}"] == pytest.approx(agreement[key], abs=1e-6), key
         assert heads["top"]["01"]["name"] == f"L{MODELS[model] - 2}H1"          # the head the fixture made matter
         assert heads["survivors"].split(",")[0] == f"L{MODELS[model] - 2}H1"
         causal = {r[0]: r[list(MODELS).index(model) + 1] for r in tables(md)[3]}

@@ -123,3 +123,36 @@ def test_cluster_bootstrap_draws_twins_together():
 def test_benjamini_hochberg_known_answer():
     p = np.array([[0.01, 0.04], [0.03, 0.5]])
     assert np.allclose(stats.benjamini_hochberg(p), [[0.04, 0.16 / 3], [0.16 / 3, 0.5]])
+
+
+def test_agreement_kappa_is_zero_for_independent_predictors_that_share_a_favourite_class():
+    """Two predictors that both answer one emotion most of the time agree often by chance: raw agreement says
+    they agree (~0.45 here), kappa and its permutation p do not (p < 0.05 at the nominal rate), and planted
+    dependence is found."""
+    rng = np.random.default_rng(0)
+    emotions = np.array(list("abcdefgh"))
+    skew = np.r_[0.65, np.full(7, 0.05)]
+    raw_high, rejected, kappas, planted_found = 0, 0, [], 0
+    for _ in range(200):
+        a, b = rng.choice(emotions, 96, p=skew), rng.choice(emotions, 96, p=skew)
+        found = stats.agreement(a, b, n_boot=50, seed=1, n_perm=200)
+        raw_high += found["agreement"] > 0.35
+        rejected += found["p"] < 0.05
+        kappas.append(found["kappa"])
+        assert found["chance"] == pytest.approx(sum(np.mean(a == e) * np.mean(b == e) for e in emotions))
+        copied = np.where(rng.random(96) < 0.4, a, b)                 # 40% of items: b repeats a
+        planted = stats.agreement(a, copied, n_boot=50, seed=1, n_perm=200)
+        planted_found += planted["p"] < 0.05 and planted["kappa_low"] > 0
+    assert raw_high >= 180                          # the raw rate looks like agreement ...
+    assert abs(np.mean(kappas)) < 0.03              # ... kappa is centred on 0 ...
+    assert 0.02 <= rejected / 200 <= 0.08           # ... and its test holds its level
+    assert planted_found >= 180                     # planted dependence: found
+
+
+def test_agreement_known_values_and_bad_input():
+    found = stats.agreement(["x", "x", "y", "y"], ["x", "y", "y", "y"], n_boot=50)
+    assert found["agreement"] == 0.75 and found["n"] == 4
+    assert found["chance"] == pytest.approx(0.5 * 0.25 + 0.5 * 0.75)
+    assert found["kappa"] == pytest.approx((0.75 - 0.5) / 0.5)
+    with pytest.raises(ValueError, match="one length"):
+        stats.agreement(["x"], ["x", "y"])

@@ -81,11 +81,13 @@ def run_patching(s: Setup):
     metrics = {"model": s.name, "set": cfg.set, "prompt": s.shared.prompt, "per_source": cfg.per_source,
                "n_layers": s.engine.n_layers, "behaviour": {}, "answer_tokens": s.readout.pieces(tok),
                "calibrated": s.answers.calibrate, "content_free": list(s.answers.content_free)}
-    clean = None
+    clean, answers = None, []
     for name in dict.fromkeys([cfg.set, *cfg.behaviour_sets]):
         run = clean_runs(s.engine, tok, s.template, s.stimuli[name], s.answers, keep_cache=name == cfg.set,
                          desc=f"clean {name}")
         metrics["behaviour"][name] = behaviour(s.readout, run.raw, run.log_probs, run.labels, n_boot, s.seed)
+        answers += [{"set": name, "id": stimulus.id, "emotion": stimulus.emotion, "answer": answer, "answer_raw": raw}
+                    for stimulus, answer, raw in zip(s.stimuli[name], run.top1, s.readout.top1(run.raw))]
         log.info("%s set %s: accuracy raw %.3f, calibrated %.3f (chance 0.125)", s.name, name,
                  metrics["behaviour"][name]["raw_accuracy"], metrics["behaviour"][name]["accuracy"])
         if name == cfg.set:
@@ -118,7 +120,7 @@ def run_patching(s: Setup):
         log.info("%s patching: best a/m cell %s%d recovery %.3f (control %.3f), max-statistic p %.3f", s.name,
                  best["site"], best["layer"], row["recovery"], row["control_recovery"], best["p_max"])
     columns = ["layer", *result.sites, *[f"{site}_control" for site in result.sites], "baseline"]
-    return metrics, [wide[layer] for layer in result.layers], detail, columns
+    return metrics, [wide[layer] for layer in result.layers], columns, {"patching_detail": detail, "answers": answers}
 
 
 def run_knockout(s: Setup):
@@ -151,7 +153,7 @@ def run_knockout(s: Setup):
                      causal_summary.FDR, entry["critical_kl"] or "none")
     columns = ["layer", *[f"{site}_{kind}{c}" for site in result.sites for kind in result.ablations
                           for c in ("", "_control")]]
-    return metrics, [wide[layer] for layer in result.layers], summary["rows"], columns
+    return metrics, [wide[layer] for layer in result.layers], columns, {"knockout_detail": summary["rows"]}
 
 
 def run_heads(s: Setup):
@@ -185,7 +187,7 @@ def run_heads(s: Setup):
                                                      "drop_minus_control", "q", "survives")}})
     columns = ["layer", "head", "name", "rank_drop", "rank", "drop", "drop_low", "drop_high", "control_drop",
                "drop_minus_control", "q", "survives"]
-    return metrics, ordered, None, columns
+    return metrics, ordered, columns, {}
 
 
 def run_positions(s: Setup):
@@ -209,21 +211,22 @@ def run_positions(s: Setup):
     log.info("%s positions: peak recovery %.2f [%.2f, %.2f] at layer %d, bin %d; denominator %.2f", s.name,
              peak["recovery"], peak["recovery_low"], peak["recovery_high"], peak["layer"], peak["bin"],
              rec["denominator"])
-    return metrics, rows, None, list(rows[0])
+    return metrics, rows, list(rows[0]), {}
 
 
 RUNNERS = {"patching": run_patching, "knockout": run_knockout, "heads": run_heads, "positions": run_positions}
 
 
 def run_stage(params: Params, model: str, stage: str, metrics_dir="metrics", plots_dir="plots") -> dict:
-    """Run one stage for one model and write metrics/<model>/<stage>.json, plots/<model>/<stage>.csv (and, for
-    patching and knockout, <stage>_detail.csv with every metric and its interval)."""
+    """Run one stage for one model and write metrics/<model>/<stage>.json, plots/<model>/<stage>.csv and the
+    runner's further tables as plots/<model>/<name>.csv (patching and knockout: <stage>_detail.csv with every metric
+    and its interval; patching: answers.csv, every behaviour-set item's calibrated and raw answer)."""
     start = time.perf_counter()
     s = setup(params, model, stage)
-    metrics, wide, detail, columns = RUNNERS[stage](s)
+    metrics, wide, columns, tables = RUNNERS[stage](s)
     write_json(Path(metrics_dir) / model / f"{stage}.json", metrics)
     write_csv(Path(plots_dir) / model / f"{stage}.csv", wide, columns)
-    if detail is not None:
-        write_csv(Path(plots_dir) / model / f"{stage}_detail.csv", detail)
+    for name, rows in tables.items():
+        write_csv(Path(plots_dir) / model / f"{name}.csv", rows)
     log.info("%s %s: %.0f s", model, stage, time.perf_counter() - start)
     return metrics

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import stats
 from .io import DataError
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,30 @@ def behaviour_rows(patching: dict) -> list[tuple]:
     return rows
 
 
+AGREEMENT_SET, AGREEMENT_PROBE = "B", "probes/confusion/set_b_h.csv"
+
+
+def agreement_rows(outputs: Outputs, model: str, n_boot: int = 1000, seed: int = 0) -> list[tuple]:
+    """Per item of Set B: does the model's own calibrated answer (patching stage, answers.csv) equal the headline
+    probe's out-of-fold prediction (site h, its peak layer, first repeat)? Agreement with Cohen's kappa beside it
+    (two predictors that both favour one emotion agree by chance); items present in both files only."""
+    answers = outputs.csv(f"{model}/answers.csv", ("set", "id", "answer"), why="the answer-probe agreement row")
+    probe = outputs.csv(f"{model}/{AGREEMENT_PROBE}", ("id", "predicted"), why="the answer-probe agreement row")
+    if answers is None or probe is None:
+        return []
+    answers = answers[answers["set"].astype(str) == AGREEMENT_SET]
+    both = answers.merge(probe, on="id")
+    if both.empty:
+        raise DataError(f"{outputs.plots / model / 'answers.csv'}: no Set {AGREEMENT_SET} id in common with "
+                        f"{outputs.plots / model / AGREEMENT_PROBE}")
+    a = stats.agreement(both["answer"], both["predicted"], n_boot, seed)
+    text = (f"{100 * a['agreement']:.1f}% [{100 * a['agreement_low']:.1f}, {100 * a['agreement_high']:.1f}], "
+            f"kappa {a['kappa']:.2f} [{a['kappa_low']:.2f}, {a['kappa_high']:.2f}], chance {100 * a['chance']:.1f}%, "
+            f"p {a['p']:.3g}")
+    return [(f"behaviour.{AGREEMENT_SET}.probe_agreement", f"Set {AGREEMENT_SET}: the model's answer equals the site-h probe's "
+             "out-of-fold prediction (agreement, Cohen's kappa, chance agreement, permutation p)", Cell(text, a))]
+
+
 def knockout_rows(knockout: dict) -> list[tuple]:
     """Per ablated site and ablation: the layers whose ablation moves the answer distribution (KL) more than
     matched random controls of the same displacement norm (sign-flip test over stimuli, BH over layers x sites x
@@ -458,6 +483,8 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
                                   ("geometry", geometry_rows, "extra"), ("attention", attention_rows, "extra")):
             with reading(outputs.metrics / m / f"{name}.json"):
                 r[into] += build(found[name])
+        if found["patching"]:     # answers.csv is the patching stage's too
+            r["causal"] += agreement_rows(outputs, m)
         with reading(outputs.metrics / m / "patching.json"):
             patch, patch_controls = patching_rows(found["patching"])
         r["headline"] += patch

@@ -223,6 +223,36 @@ def bootstrap_mean(values, n_boot: int = 1000, seed: int = 0, level: float = 0.9
     return (float(values.mean()), *_percentiles(means, level))
 
 
+def agreement(a, b, n_boot: int = 1000, seed: int = 0, level: float = 0.95, n_perm: int = 1000) -> dict:
+    """How often two label sequences `(n,)` agree item by item, against the agreement their marginals give by
+    chance. Raw agreement rewards two predictors that both favour one class, so Cohen's kappa
+    (p_o - p_e) / (1 - p_e) is reported beside it; intervals: percentile bootstrap over items (p_e recomputed per
+    resample); `p`: one-sided permutation p of the agreement with `b` shuffled against `a` (exact under
+    independence; the marginals, hence p_e, are kept). Returns agreement, chance, kappa, each with `_low`/`_high`,
+    p and n."""
+    a, b = np.asarray(a).astype(str), np.asarray(b).astype(str)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"agreement needs two label sequences of one length, got shapes {a.shape} and {b.shape}")
+    classes, codes = np.unique(np.concatenate([a, b]), return_inverse=True)
+    ca, cb, k = codes[:len(a)], codes[len(a):], len(classes)
+    index = np.vstack([np.arange(len(a)), bootstrap_index(len(a), n_boot, seed)])    # row 0: the observed items
+
+    def rates(rows):
+        same = (ca[rows] == cb[rows]).mean(axis=1)
+        chance = sum((ca[rows] == c).mean(axis=1) * (cb[rows] == c).mean(axis=1) for c in range(k))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kappa = np.where(chance < 1, (same - chance) / (1 - chance), np.nan)
+        return same, chance, kappa
+
+    out = {"n": int(len(a))}
+    for name, values in zip(("agreement", "chance", "kappa"), rates(index)):
+        low, high = _percentiles(values[1:], level)
+        out.update({name: float(values[0]), f"{name}_low": low, f"{name}_high": high})
+    shuffled = permutations(len(a), n_perm, seed)[1:]
+    out["p"] = permutation_p(out["agreement"], (ca[None, :] == cb[shuffled]).mean(axis=1))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- nulls
 
 
