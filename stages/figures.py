@@ -78,6 +78,8 @@ def figure_jobs(outputs: report.Outputs, params) -> list:
         pairs = [(a, b) for a, b in cka[["model_a", "model_b"]].drop_duplicates().itertuples(index=False)
                  if (a in models and b in models) or random_init_of(params, a) == b]
         jobs += [("cka_models", lambda: F.cka_models(cka, present)), ("cka_depths", lambda: F.cka_depths(cka, pairs))]
+        if "reference_debiased" in cka.columns and cka["reference_debiased"].notna().any():
+            jobs.append(("cka_matched", lambda: F.cka_matched(cka)))
     layers = {m: f for m in models if (f := outputs.csv(f"{m}/attention_sets.csv",
                                                         ("depth", "text_ratio_a", "text_ratio_b", "ratio_diff",
                                                          "ratio_low", "ratio_high", "q_bh"), why=f"{m} in the attention figure")) is not None}

@@ -29,8 +29,8 @@ def run_root(tmp_path_factory) -> Path:
 
 
 def expected_names() -> list[str]:
-    names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "attention_text_share", "patching",
-             "knockout", "heads"]
+    names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "cka_matched", "attention_text_share",
+             "patching", "knockout", "heads", "positions"]
     for model in MODELS:
         names += [f"pca_{model}", f"centroid_cosine_{model}"]
     return sorted(names)
@@ -132,7 +132,7 @@ def test_missing_optional_inputs_skip_their_figures_with_a_warning(run_root, tmp
         assert f"{path}: not found" in warned
     drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     assert drawn == sorted(["auroc_depth", "transfer_binary", "attention_text_share", "pca_tiny-llama",
-                            "centroid_cosine_tiny-llama", "patching", "knockout", "heads"])
+                            "centroid_cosine_tiny-llama", "patching", "knockout", "heads", "positions"])
     attention = jobs(root)["attention_text_share"]()
     assert [ax.get_title() for ax in attention.axes if ax.get_title()] == ["tiny-gemma"]
 
@@ -195,6 +195,34 @@ def test_intervention_figures_draw_the_stage_values(run_root):
     sure = heads[heads["survives"].fillna(False).astype(bool)]
     dots = next(line for line in ax.get_lines() if line.get_marker() == "o")
     assert len(sure) and sorted(zip(dots.get_ydata(), dots.get_xdata())) == sorted(zip(sure["layer"], sure["head"]))
+
+
+def test_cka_matched_draws_the_pair_and_its_random_init_reference(run_root):
+    cka = pd.read_csv(run_root / "plots" / "cka.csv")
+    rows = cka[cka["reference_debiased"].notna()]
+    fig = jobs(run_root)["cka_matched"]()
+    panels = [a for a in fig.axes if a.get_title()]
+    assert len(panels) == len(rows.groupby(["model_a", "model_b", "set"]))
+    for ax in panels:
+        pair, _, name = ax.get_title().rpartition(", Set ")
+        a, b = pair.split(" vs ")
+        frame = rows[(rows["model_a"] == a) & (rows["model_b"] == b) & (rows["set"] == name)].sort_values("depth_a")
+        solid, dashed = (l for l in ax.get_lines() if l.get_linestyle() in ("-", "--"))
+        assert drawn_as(solid, frame["cka_debiased"]) and drawn_as(dashed, frame["reference_debiased"])
+
+
+def test_positions_heatmap_draws_the_stage_values_and_marks_cells_above_zero(run_root):
+    frame = pd.read_csv(run_root / "plots" / "tiny-llama" / "positions.csv")
+    fig = jobs(run_root)["positions"]()
+    ax = next(a for a in fig.axes if a.get_title() == "tiny-llama")
+    matrix = frame.pivot(index="layer", columns="bin", values="recovery").sort_index().sort_index(axis=1)
+    assert np.allclose(ax.get_images()[0].get_array(), matrix.to_numpy())
+    dots = next(line for line in ax.get_lines() if line.get_marker() == "o")
+    sure = frame[frame["recovery_low"] > 0]
+    rows, cols = list(matrix.index), list(matrix.columns)
+    assert sorted(zip(dots.get_ydata(), dots.get_xdata())) == sorted(
+        (rows.index(l), cols.index(b)) for l, b in zip(sure["layer"], sure["bin"]))
+    assert (1, cols.index(frame["bin"].max() // 2)) in set(zip(dots.get_ydata(), dots.get_xdata()))  # planted
 
 
 def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):

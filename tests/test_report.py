@@ -117,7 +117,7 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
     """The patching, knockout and heads outputs of `model`, written by their real stage code (causal_report.run_stage)
     with only the forward passes replaced: per-item effects are drawn at random, patching success peaking at two
     thirds of the depth and the control patch rarely flipping."""
-    from emotion_circuits import causal, causal_report as cr
+    from emotion_circuits import causal, causal_report as cr, positions
     from emotion_circuits.readout import Readout
     from emotion_circuits.stimuli import Stimulus
 
@@ -127,6 +127,7 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
     readout = Readout(emotions=EMOTIONS, words=(), sequences=(), owner=())
     stimuli = {name: [Stimulus(f"{name.lower()}-{i:02d}", name, e, "") for i, e in enumerate(labels)]
                for name in "AB"}    # the ids of the probes fixture's sets
+    stimuli["N"] = []                 # positions' twin set (its pairs are mocked below)
 
     def clean(*args, **kwargs):
         raw = torch.from_numpy(rng.normal(size=(len(labels), 8)) * 2 - 6).float()
@@ -175,8 +176,20 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
         return causal.HeadResult(list(layers), rank, test, drop[rank], tested, held, np.abs(held), control,
                                  np.abs(control))
 
-    with mock.patch.multiple(cr, setup=setup, clean_runs=clean, patching=patching, knockout=knockout, heads=heads):
-        for name in ("patching", "knockout", "heads"):
+    def patch_positions(engine, tokenizer, template, pairs, offsets, layers, bins):
+        """Recovery planted in one cell: the second layer at the middle position; elsewhere the twin's own LD."""
+        n = len(pairs)
+        ld_b, ld_n = 2 + 0.3 * rng.normal(size=n), 0.3 * rng.normal(size=n)
+        ld = ld_n[:, None, None] + 0.1 * rng.normal(size=(n, len(layers), bins))
+        ld[:, 1, bins // 2] = ld_b + 0.1 * rng.normal(size=n)
+        return positions.PositionResult(list(layers), ld, ld_b, ld_n)
+
+    pairs = [(Stimulus(f"b-{i:02d}", "B", e, ""), Stimulus(f"n-{i:02d}", "N", "neutral", ""))
+             for i, e in enumerate(EMOTIONS)]
+    with mock.patch.multiple(cr, setup=setup, clean_runs=clean, patching=patching, knockout=knockout, heads=heads,
+                             patch_positions=patch_positions, choose_pairs=lambda *a: pairs,
+                             calibration_offsets=lambda *a: torch.zeros(8)):
+        for name in ("patching", "knockout", "heads", "positions"):
             cr.run_stage(params, model, name, root / "metrics", root / "plots")
 
 
@@ -303,6 +316,15 @@ def test_summary_numbers_are_the_stage_outputs(run_root, tmp_path):
         }
         for key, value in expected.items():
             assert flat[f"{model}/{key}"] == value, key
+        where = json.loads((metrics / model / "positions.json").read_text())
+        assert (where["peak"]["layer"], where["peak"]["bin"]) == (1, where["bins"] // 2)     # the planted cell
+        assert where["peak"]["recovery_low"] > 0.8 and not where["denominator_covers_0"]
+        for key, value in (("recovery", where["peak"]["recovery"]), ("recovery_low", where["peak"]["recovery_low"]),
+                           ("layer", 1), ("denominator_high", where["denominator_high"])):
+            assert flat[f"{model}/positions.peak.{key}"] == value, key
+        mdl = probes["mdl"]["b_vs_n"]
+        assert (flat[f"{model}/h.b_vs_n.mdl_trained.compression_min"], flat[f"{model}/h.b_vs_n.mdl_trained.compression_max"]) == (
+            mdl["compression_min"], mdl["compression_max"])
         for key in ("agreement", "kappa", "kappa_low", "chance", "p"):       # recomputed here from the two CSVs
             assert flat[f"{model}/behaviour.B.probe_agreement.{key}"] == pytest.approx(agreement[key], abs=1e-6), key
         assert heads["top"]["01"]["name"] == f"L{MODELS[model] - 2}H1"          # the head the fixture made matter
@@ -397,13 +419,13 @@ def test_missing_optional_inputs_are_skipped_with_a_warning(run_root, tmp_path, 
 
 def test_intervention_rows_are_present_only_for_models_with_intervention_outputs(run_root, tmp_path, caplog):
     root = copy_run(run_root, tmp_path)
-    for name in ("patching", "knockout", "heads"):
+    for name in ("patching", "knockout", "heads", "positions"):
         (root / "metrics" / "tiny-gemma" / f"{name}.json").unlink()
     with caplog.at_level(logging.WARNING):
         flat, md = summarize(root)
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert f"{root / 'metrics' / 'tiny-gemma' / 'knockout.json'}: not found" in warned
-    causal_keys = ("patching", "behaviour", "knockout", "heads")
+    causal_keys = ("patching", "behaviour", "knockout", "heads", "positions")
     assert not any(k.startswith(tuple(f"tiny-gemma/{c}" for c in causal_keys)) or ".patching" in k
                    for k in flat if k.startswith("tiny-gemma/"))
     assert "tiny-llama/h.patching_recovery.first_layer" in flat and "tiny-llama/heads.top1.drop" in flat
@@ -415,10 +437,10 @@ def test_intervention_rows_are_present_only_for_models_with_intervention_outputs
     knockout.write_text(json.dumps(damaged))
     with pytest.raises(DataError, match=r"llama/knockout\.json: missing or malformed entry \(KeyError: 'critical_kl'\)$"):
         summarize(root)
-    for name in ("patching", "knockout", "heads"):                  # no model with interventions: no rows at all
+    for name in ("patching", "knockout", "heads", "positions"):     # no model with interventions: no rows at all
         (root / "metrics" / "tiny-llama" / f"{name}.json").unlink()
     flat, md = summarize(root)
-    assert not any(c in k for k in flat for c in ("patching", "behaviour", "knockout", "heads"))
+    assert not any(c in k for k in flat for c in ("patching", "behaviour", "knockout", "heads", "positions"))
     assert "patching" not in md and "knockout" not in md and "heads:" not in md
     assert len(tables(md)) == 5 + len(MODELS) and flat["tiny-llama/h.set_b.auroc"] > 0.9
 

@@ -305,6 +305,32 @@ def cka_depths(cka: pd.DataFrame, pairs: list[tuple[str, str]]) -> Figure:
 
 
 @styled
+def cka_matched(cka: pd.DataFrame) -> Figure:
+    """Debiased CKA at matched relative depths with its half-sample 95% interval, beside the random-init pair at
+    the same depths (dashed): the reference that can fail, since two models reading the same texts always beat a
+    shuffled-rows null. One panel per model pair and stimulus set (the cka stage's rows with a reference)."""
+    rows = cka[cka["reference_debiased"].notna()] if "reference_debiased" in cka.columns else cka.iloc[:0]
+    groups = list(rows.groupby(["model_a", "model_b", "set"] if "set" in rows.columns else ["model_a", "model_b"],
+                               sort=False))
+    fig, axes = _panels(max(len(groups), 1), 2.6, ncols=min(max(len(groups), 1), 2))
+    for ax, (key, frame) in zip(axes, groups):
+        frame = frame.sort_values("depth_a")
+        x = frame["depth_a"].to_numpy()
+        ax.fill_between(x, frame["cka_debiased_low"], frame["cka_debiased_high"], color=SERIES[0], alpha=0.25, lw=0)
+        ax.plot(x, frame["cka_debiased"], color=SERIES[0], marker="o", ms=3)
+        ax.plot(x, frame["reference_debiased"], color=GREY, ls="--")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("relative depth (layer / (L - 1), matched in both models)")
+        ax.set_ylabel("debiased linear CKA")
+        ax.set_title(f"{key[0]} vs {key[1]}" + (f", Set {key[2]}" if len(key) > 2 else ""))
+    fig.legend(handles=[Line2D([], [], color=SERIES[0], marker="o", ms=3, label="model pair, 95% CI"),
+                        Line2D([], [], color=GREY, ls="--", label="random-init pair, same depths")],
+               loc="outside lower center", frameon=False, ncols=2)
+    fig.suptitle("CKA between models at matched relative depths, residual stream h")
+    return fig
+
+
+@styled
 def attention_sets(layers: dict[str, pd.DataFrame]) -> Figure:
     """Attention of the extraction position on the stimulus text over its uniform expectation (1 = no preference) by
     depth (mean over heads and stimuli), two sets per model (top), and their difference with its 95% bootstrap

@@ -164,6 +164,16 @@ def probe_rows(probes: dict, site: str, thr: str, suffix: str = "") -> list[tupl
     return [(f"{site}.{key}", label + suffix, cell) for key, label, cell in rows]
 
 
+def mdl_cell(m: dict) -> Cell:
+    """MDL compression, mean over the transmission orders with their range (the code depends on the order)."""
+    if "compression_min" not in m:
+        return number(m["compression"], "compression", "{:.2f}")
+    return Cell(f"{m['compression']:.2f} ({m['compression_min']:.2f} - {m['compression_max']:.2f}, "
+                f"{m.get('n_orders', '?')} orders)",
+                {"compression": m["compression"], "compression_min": m["compression_min"],
+                 "compression_max": m["compression_max"]})
+
+
 def control_rows(probes: dict, site: str) -> list[tuple]:
     """The controls of the probe rows: random-init model, max-over-layers permutation p, nested estimate, MDL
     compression (trained and random-init), zero-shot prompt, Set C."""
@@ -181,8 +191,8 @@ def control_rows(probes: dict, site: str) -> list[tuple]:
         for label, mdl in (("trained", probes.get("mdl", {})), ("random-init", (ri or {}).get("mdl", {}))):
             if task in mdl:
                 rows.append((f"{task}.mdl_{label.replace('-', '_')}", f"{name}: MDL compression (online code vs "
-                             f"uniform), {label}, layer {mdl[task]['layer']}", number(mdl[task]["compression"],
-                                                                                     "compression", "{:.2f}")))
+                             f"uniform), {label}, layer {mdl[task]['layer']}: mean (range) over transmission orders",
+                             mdl_cell(mdl[task])))
         if task in zs:
             rows.append((f"{task}.zero_shot", f"{name}: zero-shot prompt, peak AUROC", ci(zs[task][site], "auroc")))
     if ri:
@@ -321,6 +331,21 @@ def agreement_rows(outputs: Outputs, model: str, n_boot: int = 1000, seed: int =
             f"p {a['p']:.3g}")
     return [(f"behaviour.{AGREEMENT_SET}.probe_agreement", f"Set {AGREEMENT_SET}: the model's answer equals the site-h probe's "
              "out-of-fold prediction (agreement, Cohen's kappa, chance agreement, permutation p)", Cell(text, a))]
+
+
+def positions_rows(positions: dict) -> list[tuple]:
+    """B -> N patching of h at one text position at a time: the peak cell with its interval, and the denominator
+    (clean B minus N logit difference), flagged when its interval covers 0 (then no recovery is interpretable)."""
+    if not positions:
+        return []
+    peak = positions["peak"]
+    flag = "; denominator interval covers 0: not interpretable" if positions["denominator_covers_0"] else ""
+    return [("positions.peak", f"positions: largest recovery of the B item's emotion, h patched into its N twin at "
+             f"one text position ({positions['n_pairs']} pairs, {positions['bins']} bins)",
+             Cell(f"{ci(peak, 'recovery').text} at layer {peak['layer']}, position {peak['position']:.2f} "
+                  f"(LD denominator {ci(positions, 'denominator').text}{flag})",
+                  {**ci(peak, "recovery").stats, "layer": peak["layer"], "position": peak["position"],
+                   **ci(positions, "denominator").stats}))]
 
 
 def knockout_rows(knockout: dict) -> list[tuple]:
@@ -473,13 +498,13 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
     for m in models:
         probes = outputs.json(f"{m}/probes.json", required=True)
         found = {name: outputs.json(f"{m}/{name}.json", why=f"its {name} rows") or {}
-                 for name in ("patching", "knockout", "heads", "geometry", "attention")}
+                 for name in ("patching", "knockout", "heads", "positions", "geometry", "attention")}
         with reading(outputs.metrics / m / "probes.json"):
             r = {"headline": probe_rows(probes, HEADLINE_SITE, thr), "controls": control_rows(probes, HEADLINE_SITE),
                  "sites": [x for s in SITES if s in probes["set_b"] for x in probe_rows(probes, s, thr, f" ({s})")]}
         r["causal"], r["extra"] = [], []
         for name, build, into in (("patching", behaviour_rows, "causal"), ("knockout", knockout_rows, "causal"),
-                                  ("heads", head_rows, "causal"),
+                                  ("heads", head_rows, "causal"), ("positions", positions_rows, "causal"),
                                   ("geometry", geometry_rows, "extra"), ("attention", attention_rows, "extra")):
             with reading(outputs.metrics / m / f"{name}.json"):
                 r[into] += build(found[name])
