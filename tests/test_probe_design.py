@@ -1,17 +1,19 @@
 """The probe pipeline's design, on synthetic activation folders where the wrong design gives the wrong answer: B-vs-N
 twins that are near copies stay in one fold (split twins anti-learn), the text baselines run on the probes' own
-folds and repeats, and the transfer layer is Set A's peak when Sets A and B peak at different layers."""
+folds and repeats, the transfer layer is Set A's peak when Sets A and B peak at different layers, and the TF-IDF
+baseline's C is tuned inside the training folds (per data set, better than a fixed bad C, and not optimistic)."""
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from emotion_circuits import stats
 from emotion_circuits.io import save_npz
-from emotion_circuits.probes import (baseline_probas, evaluation_repeats, load_prompt, make_tasks, run_probes,
-                                     text_features)
+from emotion_circuits.probes import (ProbeSettings, Task, baseline_probas, evaluation_repeats, load_prompt, make_tasks,
+                                     run_probes, text_features, tfidf_model)
 
 from test_probes import FAST, make_items, make_set
 
@@ -120,3 +122,78 @@ def test_transfer_is_read_at_set_a_s_peak_when_set_b_peaks_elsewhere(tmp_path):
         assert int(np.argmax(curve)) == 2 and curve[2] > curve[1] + 0.02, curve     # the fixture can fail
         assert m["transfer"][site]["peak_layer"] == 1 and m["transfer"][site]["auroc"] == curve[1]
         assert m["transfer"][site]["peak_depth"] == pytest.approx(2 / 3)
+
+
+POOL = ("kalo", "mirute", "zopa", "nisuve", "dofa", "lomi", "rute", "pani", "suvedo", "faka")
+
+
+def counted_texts(rng, n: int = 48, signal: bool = True):
+    """Class 1 says `alpha` once more than `beta`, class 0 as often; both counts share a random 1-8 (without
+    signal: the extra `alpha` ignores the label). Only a weakly penalized fit reads the difference: a strong
+    penalty leaves the class-mean direction, which the shared count drowns."""
+    y = np.repeat([0, 1], n // 2)
+    extra = y if signal else rng.permutation(y)
+    texts = []
+    for e in extra:
+        m = int(rng.integers(1, 9))
+        words = ["alpha"] * (m + e) + ["beta"] * m
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+    return np.array(texts), y
+
+
+def noisy_texts(rng, n: int = 48):
+    """One class word (`alpha` / `beta`, wrong for 25% of the items) and four common filler words: a weak penalty
+    fits the flipped items through the fillers, a strong one keeps to the class word."""
+    y = np.repeat([0, 1], n // 2)
+    texts = [" ".join([("beta", "alpha")[c if rng.random() >= 0.25 else 1 - c], *rng.choice(POOL, 4)]) for c in y]
+    return np.array(texts), y
+
+
+def tfidf_auroc(texts, y, grid, seed: int) -> float:
+    """The probes stage's TF-IDF baseline (C tuned inside each training fold over `grid`), one repeat."""
+    task = Task("set_b", ("B",), y, stats.splits(y, 3, seed))
+    settings = ProbeSettings(seed=0, folds=3, repeats=1, tfidf_C=tuple(grid))
+    return stats.auroc(y, baseline_probas(task, {"tfidf": texts}, settings)["tfidf"][0])
+
+
+def test_tfidf_c_is_tuned_per_data_set_and_tuning_beats_a_fixed_bad_c():
+    """Grid (0.01, 100). Measured (5 data sets each): the counted texts choose C = 100 every time (fixed 0.01:
+    AUROC 0.64-0.82, fixed 100: 0.92-0.99, tuned 0.87-0.99); the noisy texts choose C = 0.01 every time (fixed
+    0.01 beats fixed 100 in 4 of 5). A one-value grid, or a C that ignores the grid, fails here."""
+    grid = (0.01, 100.0)
+    with threadpool_limits(limits=1):
+        for seed in (0, 1):
+            for make, best in ((counted_texts, 100.0), (noisy_texts, 0.01)):
+                texts, y = make(np.random.default_rng(seed))
+                search = tfidf_model(grid, 2, 0).fit(texts, y, groups=np.arange(len(y)))
+                assert search.best_params_["logisticregression__C"] == best, (make.__name__, seed)
+            texts, y = counted_texts(np.random.default_rng(seed))
+            tuned, bad = tfidf_auroc(texts, y, grid, seed), tfidf_auroc(texts, y, grid[:1], seed)
+            assert tuned > 0.85 and tuned > bad + 0.15, (tuned, bad)
+
+
+def test_tfidf_c_is_chosen_without_the_test_fold_s_labels():
+    """Inverting the labels of one test fold leaves that fold's TF-IDF predictions exactly as they were (C is
+    tuned on the training folds only). On this data set the inversion moves the C that a search over every item
+    picks from 100 to 0.01, so tuning with the test fold's labels would change them (checked beside it)."""
+    grid = (0.01, 100.0)
+    a, ya = counted_texts(np.random.default_rng(0), 24)
+    b, yb = noisy_texts(np.random.default_rng(0), 24)
+    texts, y = np.r_[a, b], np.r_[ya, yb]
+    folds = stats.splits(y, 3, 0)
+    test = folds[0][0][1]
+    inverted = y.copy()
+    inverted[test] = 1 - inverted[test]
+    settings = ProbeSettings(seed=0, folds=3, repeats=1, tfidf_C=grid)
+    with threadpool_limits(limits=1):
+        ours = [baseline_probas(Task("set_b", ("B",), labels, folds), {"tfidf": texts}, settings)["tfidf"][0]
+                for labels in (y, inverted)]
+        assert np.array_equal(ours[0][test], ours[1][test])
+        leaky = []
+        for labels in (y, inverted):                          # C chosen on every item, then cross-validated
+            c = tfidf_model(grid, 2, 0).fit(texts, labels, groups=np.arange(len(y))).best_params_
+            leaky.append((c["logisticregression__C"], stats.cv_proba(
+                texts, labels, folds[0], model_factory=lambda: tfidf_model(grid, 2, 0).estimator.set_params(**c))))
+    assert [c for c, _ in leaky] == [100.0, 0.01]
+    assert np.abs(leaky[0][1][test] - leaky[1][1][test]).max() > 0.01
