@@ -34,20 +34,26 @@ def write_twins(folder, noise: float = 0.1) -> None:
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
-    """(folder, result of the grouped run, the folds each text-baseline fit was given: (n, test folds) per call)."""
+    """(folder, result of the grouped run, the folds each text-baseline fit was given: (n, test folds) per call,
+    the groups each split was drawn with: (n, groups or None) per `stats.splits` call)."""
     root = tmp_path_factory.mktemp("twins") / "model"
     write_twins(root / "two-shot")
-    calls = []
-    original = stats.cv_proba
+    calls, split_calls = [], []
+    cv_proba, splits = stats.cv_proba, stats.splits
 
     def recording(X, y, folds, C=1.0, model_factory=None, groups=None):
         if model_factory is not None:                            # a text baseline (probes pass no factory)
             calls.append((len(y), [test.tolist() for _, test in folds]))
-        return original(X, y, folds, C, model_factory, groups)
+        return cv_proba(X, y, folds, C, model_factory, groups)
+
+    def recording_splits(y, n_folds, seed, groups=None, repeats=1):
+        split_calls.append((len(y), None if groups is None else np.array(groups)))
+        return splits(y, n_folds, seed, groups, repeats)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stats, "cv_proba", recording)
+        patch.setattr(stats, "splits", recording_splits)
         result = run_probes(root, SETTINGS, items=make_items())
-    return root, result, calls
+    return root, result, calls, split_calls
 
 
 def twin_tasks(folder):
@@ -61,30 +67,36 @@ def b_vs_n_rows(result):
 
 def test_near_copy_twins_stay_in_one_fold_and_b_vs_n_on_no_signal_gives_chance(twins):
     """Measured: grouped (pairs from the stimuli) every layer x site 0.49-0.51, the peak's interval covers 0.5,
-    nested 0.50; the same activations without pair links (ungrouped stratified splits) 0.23-0.28: a held-out item's
-    near copy sits in training with the opposite label."""
-    folder, grouped, _ = twins
+    nested 0.50 (its inner splits grouped too), MDL compression 0.97-0.99; the same activations without pair links
+    (ungrouped stratified splits) 0.23-0.28, MDL compression 0.68-0.78: a held-out item's near copy sits in
+    training with the opposite label."""
+    folder, grouped, _, split_calls = twins
     task = twin_tasks(folder)[1]["b_vs_n"]
     twin_of = np.r_[np.arange(48, 96), np.arange(48)]          # row i of B is the twin of row 48 + i (Set N)
     assert task.groups is not None and (task.groups == task.groups[twin_of]).all() and len(np.unique(task.groups)) == 48
     for folds in task.folds:
         for train, test in folds:
             assert set(twin_of[test]) == set(test)               # every held-out item's twin is held out with it
+    inner = [g for n, g in split_calls if n == 64]               # the nested probe's inner splits of B vs N
+    assert len(inner) == 3 * 3 * len(evaluation_repeats(SETTINGS))                  # 3 sites x 3 outer folds
+    assert all(g is not None and (np.bincount(g)[g] == 2).all() for g in inner)     # grouped, twins kept whole
     aurocs = [r["auroc"] for r in b_vs_n_rows(grouped)]
     assert 0.45 < min(aurocs) and max(aurocs) < 0.55, aurocs
     for site in "ham":
         m = grouped.metrics["b_vs_n"][site]
         assert m["low"] <= 0.5 <= m["high"] and abs(m["nested_auroc"] - 0.5) < 0.05, m
         assert m["p_max_layers"] > 0.05
+    assert grouped.metrics["mdl"]["b_vs_n"]["compression_min"] > 0.95     # twins sent in one block: no code gain
     leaky = run_probes(folder, SETTINGS)                         # no pair links: the splits ignore the twins
     assert max(r["auroc"] for r in b_vs_n_rows(leaky)) < 0.35   # the fixture detects a leak
+    assert leaky.metrics["mdl"]["b_vs_n"]["compression_max"] < 0.85        # a twin sent earlier misleads the code
 
 
 def test_baselines_run_on_the_probes_own_folds_and_repeats(twins):
     """Every baseline fit sees exactly the probe's splits of its task, repeat by repeat in the evaluation order the
     nested probe uses (so the margins are paired). On the twins (same text for B and its N) the grouped splits give
     every B-vs-N baseline exactly 0.5; the bag of words on ungrouped splits of the same task 0.25."""
-    folder, result, calls = twins
+    folder, result, calls, _ = twins
     data, tasks = twin_tasks(folder)
     repeats = evaluation_repeats(SETTINGS)
     assert repeats == [1, 2]
@@ -197,3 +209,26 @@ def test_tfidf_c_is_chosen_without_the_test_fold_s_labels():
                 texts, labels, folds[0], model_factory=lambda: tfidf_model(grid, 2, 0).estimator.set_params(**c))))
     assert [c for c, _ in leaky] == [100.0, 0.01]
     assert np.abs(leaky[0][1][test] - leaky[1][1][test]).max() > 0.01
+
+
+@pytest.mark.slow   # ~25 s on the loaded 2-core machine (96 tuned searches): the effect is small per data set
+def test_tuning_c_inside_training_folds_is_not_optimistic_where_tuning_on_the_test_folds_is():
+    """96 counted-text data sets without signal (24 items, 3 folds, grid (0.01, 100)). Measured: the C that scores
+    best on the outer test folds gives mean AUROC 0.521; the stage's tuning inside training folds 0.501, and each
+    fixed C 0.489 / 0.484 (pooled out-of-fold AUROC sits a little below 0.5 on noise); paired difference +0.020
+    (sd 0.05 per data set)."""
+    grid = (0.01, 100.0)
+    settings = ProbeSettings(seed=0, folds=3, tfidf_C=grid)
+    fixed, ours = [], []
+    with threadpool_limits(limits=1):
+        for seed in range(96):
+            texts, y = counted_texts(np.random.default_rng(seed), 24, signal=False)
+            folds = stats.splits(y, 3, seed)
+            fixed.append([stats.auroc(y, stats.cv_proba(texts, y, folds[0], model_factory=lambda: tfidf_model(
+                grid, 2, 0).estimator.set_params(logisticregression__C=c))) for c in grid])
+            ours.append(stats.auroc(y, baseline_probas(Task("set_b", ("B",), y, folds), {"tfidf": texts},
+                                                       settings)["tfidf"][0]))
+    fixed, ours = np.array(fixed), np.array(ours)
+    on_test = fixed.max(axis=1)
+    assert on_test.mean() - ours.mean() > 0.01, (on_test.mean(), ours.mean())
+    assert on_test.mean() > fixed.mean(axis=0).max() + 0.02 and ours.mean() < fixed.mean(axis=0).max() + 0.02
