@@ -372,6 +372,22 @@ def test_online_codelength_matches_a_hand_computed_code():
     assert 16 <= sharp["codelength_bits"] < 16 + 2 and sharp["compression"] > 8.5
 
 
+def test_online_codelength_of_a_prior_only_probe_matches_the_hand_computed_code():
+    """Unbalanced classes (30 zeros, 10 ones) and constant features: the probe can only learn the class frequency
+    of the blocks already sent. The order is round robin by class, so the prefixes at the block ends 4, 8, 16, 24, 32
+    hold 2, 4, 8, 10, 10 ones, whatever the seed. Bits: 4 (first block, uniform) + 4 + 8 + 8 (prefix frequency 1/2)
+    + 8 log2(24/14) (8 zeros after a 14:10 prefix) + 8 log2(32/22) (8 zeros after 22:10) = 34.545. Fitting each
+    block on itself too gives 30.84 (the balanced test above cannot see that), natural logs in the later blocks
+    25.17, an uninformed code 40."""
+    y = np.r_[np.zeros(30, int), np.ones(10, int)]
+    expected = 24 + 8 * np.log2(24 / 14) + 8 * np.log2(32 / 22)
+    for seed in (0, 1):
+        out = online_codelength(np.ones((40, 3)), y, (0.1, 0.2, 0.4, 0.6, 0.8, 1.0), 1.0, seed)
+        assert out["first_block"] == 4 and out["uniform_bits"] == 40
+        assert out["codelength_bits"] == pytest.approx(expected, abs=0.01)
+        assert out["compression"] == pytest.approx(40 / expected, abs=1e-3)
+
+
 def test_mdl_reports_its_range_over_transmission_orders(separable):
     """The codelength depends on the order the items are sent in: `mdl_orders` orders, mean inside [min, max],
     and the range is not a point on data with noise."""

@@ -156,3 +156,46 @@ def test_agreement_known_values_and_bad_input():
     assert found["kappa"] == pytest.approx((0.75 - 0.5) / 0.5)
     with pytest.raises(ValueError, match="one length"):
         stats.agreement(["x"], ["x", "y"])
+
+
+def test_repeated_cv_interval_covers_the_refit_estimand_where_a_stimulus_only_interval_under_covers():
+    """Estimand: the AUROC of a probe fit on a data set of the same size (40 items, 20 dims, classes 1.5 sd apart
+    on one), on the population (closed form for Gaussian classes: a large fresh draw in the limit), averaged over
+    2000 training draws: 0.733. 300 simulated data sets, 5 x 5-fold CV of the closed-form ridge probe (the fast
+    stand-in for the logistic one; the interval does not depend on the probe). Measured (1000 sets): the
+    repeated-CV interval with refit variance (`repeated_auroc`, 5 repeats) covers 92.5%; one repeat's stimulus
+    bootstrap 85.9%; the stimulus bootstrap of the probabilities averaged over repeats 86-87%."""
+    from scipy.stats import norm
+
+    n_half, d, alpha = 20, 20, 1.0
+    delta = np.zeros(d)
+    delta[0] = 1.5
+
+    def draw(rng):
+        y = np.repeat([0, 1], n_half)
+        return rng.normal(size=(2 * n_half, d)) + np.outer(y - 0.5, delta), y
+
+    def population_auroc(X, y):
+        """AUROC on the population of the ridge score fit on (X, y): Phi(v . delta / sqrt(2 v . v)), v the weights
+        on the raw features (ridge_hats' fit in primal form)."""
+        mu, sd = X.mean(axis=0), X.std(axis=0)
+        xs = (X - mu) / sd
+        K = xs @ xs.T
+        v = xs.T @ np.linalg.solve(K + alpha * np.trace(K) / len(X) * np.eye(len(X)), y - y.mean()) / sd
+        return norm.cdf(v @ delta / np.sqrt(2 * v @ v))
+
+    rng = np.random.default_rng(123)
+    truth = np.mean([population_auroc(*draw(rng)) for _ in range(2000)])
+    covered = {"refit": [], "one_repeat": [], "averaged": []}
+    for seed in range(300):
+        X, y = draw(np.random.default_rng(seed))
+        Y = stats.one_hot(y, 2)[None]
+        probas = np.stack([stats.ridge_scores(stats.ridge_hats(X, folds, alpha), Y)[0]
+                           for folds in stats.splits(y, 5, seed, repeats=5)])
+        for name, (_, low, high) in (("refit", stats.repeated_auroc(y, probas, 200, seed)),
+                                     ("one_repeat", stats.repeated_auroc(y, probas[:1], 200, seed)),
+                                     ("averaged", stats.bootstrap_auroc(y, probas.mean(axis=0), 200, seed))):
+            covered[name].append(low <= truth <= high)
+    rate = {name: float(np.mean(v)) for name, v in covered.items()}
+    assert rate["refit"] >= 0.88, rate
+    assert rate["one_repeat"] <= rate["refit"] - 0.03 and rate["averaged"] <= rate["refit"] - 0.03, rate
