@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import fastprobe, stats
 from .config import EMOTIONS, ConfigError, Params
 from .io import DataError, load_npz, write_csv, write_json, write_text
+from .tfidf import TfidfCounts, TfidfSearch
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +461,8 @@ def online_codelength(X: np.ndarray, y: np.ndarray, fractions, C: float, seed: i
 
 def tfidf_model(grid, folds: int, seed: int):
     """Word (1-2) and character (2-5, within words) TF-IDF n-grams and logistic regression, C tuned by an inner
-    grouped CV inside each training fold (fit with `groups=`)."""
+    grouped CV inside each training fold (fit with `groups=`). The plain path: the stage runs `tfidf.TfidfSearch`,
+    the same search on counts taken once per text (tests/test_tfidf.py compares them)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
@@ -494,12 +496,13 @@ def baseline_probas(task: Task, feats: dict, settings: ProbeSettings, fit_feats:
 
     groups = task.groups if task.groups is not None else np.arange(len(task.y))
     inner = max(2, settings.folds - 2)
+    counts = TfidfCounts([*feats["tfidf"], *(fit_feats["tfidf"] if fit_feats else [])]) if "tfidf" in feats else None
 
     def factory(name):
         if name == "bow":
             return bow_model
-        if name == "tfidf":
-            return lambda: tfidf_model(settings.tfidf_C, inner, settings.seed)
+        if name == "tfidf":  # tfidf_model's search on n-gram counts taken once per text (tfidf.py)
+            return lambda: TfidfSearch(counts, settings.tfidf_C, inner, settings.seed)
         return lambda: fastprobe.probe_pipeline(settings.C)
 
     out = {}
