@@ -60,3 +60,21 @@ def test_gram_row_space_spans_the_svd_row_space():
 def test_logistic_needs_two_classes():
     with pytest.raises(ValueError, match="at least 2 classes"):
         fastprobe.LogisticLBFGS().fit(np.ones((4, 2)), np.zeros(4))
+
+
+@pytest.mark.parametrize("k", [8, 2])
+def test_batched_ridge_layer_aurocs_equal_the_per_layer_ridge(k):
+    """The nested estimate's inner layer choice: one batched call gives every layer's ridge AUROC as the per-layer
+    `stats` path does (so the same layer is chosen)."""
+    rng = np.random.default_rng(3)
+    n, n_layers, d = 60, 6, 40
+    y = np.arange(n) % k
+    X = rng.normal(size=(n, n_layers, d))
+    X[:, :, :k] += np.linspace(0, 1.5, n_layers)[None, :, None] * np.eye(k)[y][:, None, :]
+    X[:, :, -1] = 1.0                                          # a constant feature: scale 0 -> 1, as in ridge_hats
+    folds = stats.splits(y, 3, seed=0, groups=np.arange(n) // 2)[0]
+    plain = [stats.auroc_many(y[None], stats.ridge_scores(stats.ridge_hats(X[:, layer], folds, 0.7),
+                                                          stats.one_hot(y, k)[None]))[0] for layer in range(n_layers)]
+    fast = fastprobe.ridge_layer_aurocs(X, y, folds, 0.7)
+    assert np.allclose(fast, plain, atol=1e-12)
+    assert np.argmax(fast) == np.argmax(plain) and len(set(np.round(plain, 6))) > 1

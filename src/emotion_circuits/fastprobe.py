@@ -25,6 +25,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .stats import auroc_many
+
 
 class GramRowSpace(BaseEstimator, TransformerMixin):
     """`stats.RowSpace` from the eigendecomposition of the smaller Gram matrix: `(n, d) -> (n, rank)`.
@@ -124,3 +126,27 @@ class LogisticLBFGS(ClassifierMixin, BaseEstimator):
 def probe_pipeline(C: float = 1.0, max_iter: int = 2000) -> Pipeline:
     """`stats.probe_pipeline(C, max_iter)` (standardization, row space, L2 logistic regression), fast."""
     return make_pipeline(StandardScaler(), GramRowSpace(), LogisticLBFGS(C=C, max_iter=max_iter))
+
+
+def ridge_layer_aurocs(X: np.ndarray, codes: np.ndarray, folds, alpha: float = 1.0, k: int | None = None
+                       ) -> np.ndarray:
+    """`(n_layers,)` out-of-fold ridge AUROC of every layer of `X (n, n_layers, d)` on `folds`: what
+    `stats.ridge_hats` + `stats.ridge_scores` + `stats.auroc_many` give layer by layer (standardization on each
+    training fold, penalty alpha * trace(K) / n_train), with every layer's Gram matrix and solve in one batched call.
+    `codes (n,)` labels 0..k-1 (`k` default: the largest code + 1)."""
+    X = np.asarray(X, dtype=np.float64).transpose(1, 0, 2)           # (L, n, d)
+    k = int(codes.max()) + 1 if k is None else k
+    Y = (codes[:, None] == np.arange(k)).astype(np.float64)
+    scores = np.zeros((X.shape[0], X.shape[1], k))
+    for train, test in folds:
+        xtr, xte = X[:, train], X[:, test]
+        mu, sd = xtr.mean(axis=1, keepdims=True), xtr.std(axis=1, keepdims=True)
+        sd[sd == 0] = 1.0
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+        K = xtr @ xtr.transpose(0, 2, 1)                              # (L, n_train, n_train)
+        lam = alpha * np.trace(K, axis1=1, axis2=2) / len(train)
+        H = np.linalg.solve(K + lam[:, None, None] * np.eye(len(train)), xtr @ xte.transpose(0, 2, 1))
+        ytr = Y[train]
+        mean = ytr.mean(axis=0)
+        scores[:, test] = H.transpose(0, 2, 1) @ (ytr - mean) + mean
+    return auroc_many(np.broadcast_to(codes, scores.shape[:2]), scores)

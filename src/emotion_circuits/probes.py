@@ -393,10 +393,8 @@ def nested_job(task: Task, X: np.ndarray, settings: ProbeSettings, repeat: int =
         g = None if task.groups is None else task.groups[train]
         inner = stats.splits(y[train], settings.folds - 1 if settings.folds > 2 else 2,
                              settings.seed + SEED_OFFSET["nested"] + o + 100 * repeat, g)[0]
-        Y = stats.one_hot(codes[train], k)[None]
-        inner_auroc = [stats.auroc_many(codes[train][None], stats.ridge_scores(
-            stats.ridge_hats(X[train, layer], inner, settings.ridge_alpha), Y))[0] for layer in range(X.shape[1])]
-        layer = int(np.argmax(inner_auroc))
+        layer = int(np.argmax(fastprobe.ridge_layer_aurocs(X[train], codes[train], inner, settings.ridge_alpha,
+                                                                    k)))
         chosen.append(layer)
         model = fastprobe.probe_pipeline(settings.C).fit(X[train, layer], y[train])
         cols = np.searchsorted(np.unique(y), model.classes_)
