@@ -18,7 +18,6 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -50,6 +49,36 @@ class GramRowSpace(BaseEstimator, TransformerMixin):
 
     def transform(self, X):
         return np.asarray(X, dtype=np.float64) @ self.components_
+
+
+def lbfgsb(objective, x0: np.ndarray, maxiter: int, gtol: float, ftol: float, maxls: int = 50, m: int = 10,
+           maxfun: int = 15000) -> tuple[np.ndarray, int, bool]:
+    """`scipy.optimize.minimize(objective, x0, method="L-BFGS-B", jac=True)` without bounds: the same driver loop
+    around scipy's own L-BFGS-B routine (`_lbfgsb.setulb`, scipy 1.17), without the per-evaluation wrapper (a copy,
+    a comparison and a result object per step, ~1/3 of a small fit). Returns (x, iterations, converged)."""
+    from scipy.optimize import _lbfgsb
+
+    n = len(x0)
+    x = np.array(x0, dtype=np.float64)
+    f, g = np.array(0.0), np.zeros(n)
+    low, high, nbd = np.zeros(n), np.zeros(n), np.zeros(n, np.int32)
+    wa = np.zeros(2 * m * n + 5 * n + 11 * m * m + 8 * m)
+    iwa, task, ln_task = np.zeros(3 * n, np.int32), np.zeros(2, np.int32), np.zeros(2, np.int32)
+    lsave, isave, dsave = np.zeros(4, np.int32), np.zeros(44, np.int32), np.zeros(29)
+    nit = nfev = 0
+    while True:
+        _lbfgsb.setulb(m, x, low, high, nbd, f, g, ftol / np.finfo(float).eps, gtol, wa, iwa, task, lsave, isave,
+                       dsave, maxls, ln_task)
+        if task[0] == 3:                                   # FG: evaluate at x
+            f, g = objective(x.copy())
+            g = np.asarray(g, dtype=np.float64)
+            nfev += 1
+        elif task[0] == 1:                                 # NEW_X: one iteration done
+            nit += 1
+            if nit >= maxiter or nfev > maxfun:
+                task[0], task[1] = 5, 504
+        else:
+            return x, nit, bool(task[0] == 4)
 
 
 class LogisticLBFGS(ClassifierMixin, BaseEstimator):
@@ -96,14 +125,11 @@ class LogisticLBFGS(ClassifierMixin, BaseEstimator):
                 grad[:, d] = p.sum(axis=0)
                 return float(loss + 0.5 * l2 * np.sum(W[:, :d] ** 2)), grad.ravel(order="F")
             size = k * (d + 1)
-        result = minimize(objective, np.zeros(size), method="L-BFGS-B", jac=True,
-                          options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
-                                   "ftol": 64 * np.finfo(float).eps})
-        if result.status != 0:
-            warnings.warn(f"lbfgs failed to converge after {result.nit} iterations: {result.message}",
-                          ConvergenceWarning, stacklevel=2)
-        self.n_iter_ = np.array([min(result.nit, self.max_iter)])
-        W = result.x.reshape(1, d + 1) if k == 2 else result.x.reshape(k, d + 1, order="F")
+        x, nit, converged = lbfgsb(objective, np.zeros(size), self.max_iter, self.tol, 64 * np.finfo(float).eps)
+        if not converged:
+            warnings.warn(f"lbfgs failed to converge after {nit} iterations", ConvergenceWarning, stacklevel=2)
+        self.n_iter_ = np.array([min(nit, self.max_iter)])
+        W = x.reshape(1, d + 1) if k == 2 else x.reshape(k, d + 1, order="F")
         self.coef_, self.intercept_ = np.array(W[:, :d]), np.array(W[:, d])
         return self
 
