@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sklearn.model_selection import LeaveOneGroupOut
 
-from emotion_circuits import stats
+from emotion_circuits import fastprobe, stats
 from emotion_circuits.config import EMOTIONS, ConfigError, load_params, parse_section
 from emotion_circuits.io import DataError, save_npz
 from emotion_circuits.probes import (ProbeSettings, Task, domain_held_out, load_set, mdl_order, nested_job,
@@ -119,7 +119,7 @@ def test_scaler_is_fitted_on_training_folds_only(tmp_path, monkeypatch):
     """Every CV fit's scaler mean equals its training fold's raw mean (not the whole set's, not a pre-scaled 0)."""
     write_prompt(tmp_path / "m" / "two-shot")
     means = []
-    original = stats.probe_pipeline
+    original = fastprobe.probe_pipeline
 
     def recording(*args, **kwargs):
         pipe = original(*args, **kwargs)
@@ -131,7 +131,7 @@ def test_scaler_is_fitted_on_training_folds_only(tmp_path, monkeypatch):
             return fitted
         pipe.fit = fit_and_record
         return pipe
-    monkeypatch.setattr(stats, "probe_pipeline", recording)
+    monkeypatch.setattr(fastprobe, "probe_pipeline", recording)
     settings = ProbeSettings(seed=0, folds=3, n_boot=100, n_perm=0, n_jobs=1, zero_shot_prompt=None)
     run_probes(tmp_path / "m", settings)
     X = load_set(tmp_path / "m" / "two-shot" / "B.npz").sites["h"][:, 2].astype(np.float64)

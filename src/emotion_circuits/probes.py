@@ -30,9 +30,10 @@ from sklearn.model_selection import LeaveOneGroupOut
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from . import stats
+from . import fastprobe, stats
 from .config import EMOTIONS, ConfigError, Params
 from .io import DataError, load_npz, write_csv, write_json, write_text
+from .tfidf import TfidfCounts, TfidfSearch
 
 log = logging.getLogger(__name__)
 
@@ -328,8 +329,9 @@ def _features(task: Task, x: dict[str, np.ndarray]):
 def _probas(task: Task, X, C: float) -> np.ndarray:
     """`(R, n, k)` out-of-fold probabilities per repeat, or `(1, n_B, k)` for transfer (Set A probe on Set B)."""
     if task.folds is None:
-        return stats.probe_pipeline(C).fit(X[0], task.y_fit).predict_proba(X[1])[None]
-    return np.stack([stats.cv_proba(X, task.y, folds, C=C) for folds in task.folds])
+        return fastprobe.probe_pipeline(C).fit(X[0], task.y_fit).predict_proba(X[1])[None]
+    return np.stack([stats.cv_proba(X, task.y, folds, model_factory=lambda: fastprobe.probe_pipeline(C))
+                     for folds in task.folds])
 
 
 def ridge_null(task: Task, X, alpha: float) -> np.ndarray:
@@ -391,12 +393,10 @@ def nested_job(task: Task, X: np.ndarray, settings: ProbeSettings, repeat: int =
         g = None if task.groups is None else task.groups[train]
         inner = stats.splits(y[train], settings.folds - 1 if settings.folds > 2 else 2,
                              settings.seed + SEED_OFFSET["nested"] + o + 100 * repeat, g)[0]
-        Y = stats.one_hot(codes[train], k)[None]
-        inner_auroc = [stats.auroc_many(codes[train][None], stats.ridge_scores(
-            stats.ridge_hats(X[train, layer], inner, settings.ridge_alpha), Y))[0] for layer in range(X.shape[1])]
-        layer = int(np.argmax(inner_auroc))
+        layer = int(np.argmax(fastprobe.ridge_layer_aurocs(X[train], codes[train], inner, settings.ridge_alpha,
+                                                                    k)))
         chosen.append(layer)
-        model = stats.probe_pipeline(settings.C).fit(X[train, layer], y[train])
+        model = fastprobe.probe_pipeline(settings.C).fit(X[train, layer], y[train])
         cols = np.searchsorted(np.unique(y), model.classes_)
         proba[np.ix_(test, cols)] = model.predict_proba(X[test, layer])
     return proba, np.array(chosen), time.perf_counter() - start
@@ -444,7 +444,7 @@ def online_codelength(X: np.ndarray, y: np.ndarray, fractions, C: float, seed: i
         if len(np.unique(fit_y)) < 2:
             bits += (hi - lo) * np.log2(k)
             continue
-        model = stats.probe_pipeline(C).fit(Xo[:lo], fit_y)
+        model = fastprobe.probe_pipeline(C).fit(Xo[:lo], fit_y)
         p = np.full((hi - lo, k), 0.0)
         p[:, np.searchsorted(classes, model.classes_)] = model.predict_proba(Xo[lo:hi])
         p = (1 - eps) * p + eps / k
@@ -459,7 +459,8 @@ def online_codelength(X: np.ndarray, y: np.ndarray, fractions, C: float, seed: i
 
 def tfidf_model(grid, folds: int, seed: int):
     """Word (1-2) and character (2-5, within words) TF-IDF n-grams and logistic regression, C tuned by an inner
-    grouped CV inside each training fold (fit with `groups=`)."""
+    grouped CV inside each training fold (fit with `groups=`). The plain path: the stage runs `tfidf.TfidfSearch`,
+    the same search on counts taken once per text (tests/test_tfidf.py compares them)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
@@ -493,13 +494,14 @@ def baseline_probas(task: Task, feats: dict, settings: ProbeSettings, fit_feats:
 
     groups = task.groups if task.groups is not None else np.arange(len(task.y))
     inner = max(2, settings.folds - 2)
+    counts = TfidfCounts([*feats["tfidf"], *(fit_feats["tfidf"] if fit_feats else [])]) if "tfidf" in feats else None
 
     def factory(name):
         if name == "bow":
             return bow_model
-        if name == "tfidf":
-            return lambda: tfidf_model(settings.tfidf_C, inner, settings.seed)
-        return lambda: stats.probe_pipeline(settings.C)
+        if name == "tfidf":  # tfidf_model's search on n-gram counts taken once per text (tfidf.py)
+            return lambda: TfidfSearch(counts, settings.tfidf_C, inner, settings.seed)
+        return lambda: fastprobe.probe_pipeline(settings.C)
 
     out = {}
     for name, X in feats.items():
@@ -527,7 +529,7 @@ def domain_held_out(task: Task, X: np.ndarray, domains: np.ndarray, settings: Pr
     difficulty, and an item bootstrap over 8 domains is too narrow); beside it the AUROC within each held-out domain
     (`per_domain`, NaN-free classes only) and their spread. `X (n, d)`, `domains (n,)`."""
     folds = list(LeaveOneGroupOut().split(X, task.y, domains))
-    proba = stats.cv_proba(X, task.y, folds, C=settings.C)
+    proba = stats.cv_proba(X, task.y, folds, model_factory=lambda: fastprobe.probe_pipeline(settings.C))
     point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot, settings.seed + SEED_OFFSET["bootstrap"],
                                              groups=domains)
     names, codes = np.unique(domains, return_inverse=True)
@@ -654,7 +656,7 @@ def _set_c(data: dict[str, SetData], tasks: dict[str, Task], curves: dict, setti
     for site in SITES:
         layer = _peak(curves["b_vs_n"][site])
         X = np.concatenate([data["B"].sites[site][:, layer], data["N"].sites[site][:, layer]]).astype(np.float64)
-        model = stats.probe_pipeline(settings.C).fit(X, task.y)
+        model = fastprobe.probe_pipeline(settings.C).fit(X, task.y)
         called = model.predict(data["C"].sites[site][:, layer].astype(np.float64)) == 1
         fraction, low, high = stats.bootstrap_mean(called.astype(float), settings.n_boot,
                                                    settings.seed + SEED_OFFSET["bootstrap"])
