@@ -213,3 +213,23 @@ def test_bad_steering_params_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError, match=message) as err:
         parse_section(raw, SteeringSettings, "steering")
     assert "\n" not in str(err.value)
+
+
+def test_summary_rows_read_the_stage_metrics():
+    """report.steering_rows on metrics shaped as the stage writes them (JSON round trip: NaN -> null)."""
+    import json
+    from emotion_circuits import report
+    from emotion_circuits.io import _clean
+    v, engine, readout, clean, rng = planted_setup(16, seed=3)
+    dirs = fitted(rng, v, planted=True)
+    dirs.scale[:] = 1.0
+    out = steering_summary(steer(engine, readout, clean, dirs, [0, 1], [2.0], 1, 0), EMOTIONS, 100, 0, 99)
+    clean.labels = np.array([EMOTIONS[1 + i % 7] for i in range(16)])
+    grain = grain_summary(against_grain(engine, readout, clean, dirs, 1, 2.0, 1, 0), EMOTIONS, 100, 0, 99)
+    spec = {k: x for k, x in out["specificity"].items() if k not in ("matrix", "random", "emotions")}
+    metrics = json.loads(json.dumps(_clean({"n": 16, "set": "N", "grain_set": "B", "best": out["best"],
+                                            "specificity": spec, "grain": grain})))
+    rows = report.steering_rows(metrics)
+    assert [r[0] for r in rows] == ["steering.best", "steering.share", "steering.specificity", "steering.grain"]
+    assert "layer" in rows[0][2].text and "(p " in rows[0][2].text and "vs random" in rows[1][2].text
+    assert report.steering_rows({}) == []

@@ -34,9 +34,9 @@ class SteeringSettings:
     direction (0: off); layers / layer_step: as for patching; doses: alpha values (multiples of the layer's median
     norm); n_random: same-norm random directions per item and layer."""
     set: str = "N"
-    n_items: int = 48
+    n_items: int = 32
     grain_set: str = "B"
-    n_grain: int = 48
+    n_grain: int = 32
     fit_set: str = "A"
     denoise_set: str = "N"
     denoise_k: int = 0
