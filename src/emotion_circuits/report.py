@@ -489,6 +489,32 @@ class Summary:
         return "\n".join(out).rstrip() + "\n"
 
 
+def steering_rows(steering: dict) -> list[tuple]:
+    """Steering the neutral set with d_e: the best layer and dose with its max-statistic p, the share steered to e
+    beside the same-norm random directions, the specificity diagonal against the off-diagonal, and against the
+    grain (Set B items moved to another emotion e) beside its random control."""
+    if not steering:
+        return []
+    best, spec, grain = steering["best"], steering["specificity"], steering["grain"]
+    return [("steering.best", f"steering: best layer and dose (alpha x median norm) of d_e on {steering['n']} Set "
+             f"{steering['set']} items, by the mean change of e's score minus random (max-statistic p over "
+             f"{best['n_cells']} cells)",
+             number(best["delta_minus_random"], "delta_minus_random", p=best["p_max"], layer=best["layer"],
+                    dose=best["dose"])),
+            ("steering.share", "steering: share of items whose answer becomes e (best cell), d_e vs same-norm random",
+             Cell(f"{ci(best, 'share', pct=True).text} vs random {ci(best, 'random_share', pct=True).text}",
+                  {**ci(best, "share").stats, **ci(best, "random_share").stats})),
+            ("steering.specificity", "steering: specificity, mean change of e's own score (diagonal) minus the other "
+             "seven (off-diagonal), best cell",
+             Cell(f"{ci(spec, 'diagonal_minus_off').text} (diagonal {spec['diagonal']:.3f})",
+                  {**ci(spec, "diagonal_minus_off").stats, "diagonal": spec["diagonal"]})),
+            ("steering.grain", f"steering against the grain: Set {steering['grain_set']} items moved to another "
+             "emotion e, d_e vs same-norm random (sign-flip p on the LD change)",
+             Cell(f"{ci(grain, 'moved', pct=True).text} vs random {ci(grain, 'random_moved', pct=True).text} "
+                  f"(p {grain['p']:.3g})", {**ci(grain, "moved").stats, **ci(grain, "random_moved").stats,
+                                            "p": grain["p"]}))]
+
+
 def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
     """The summary of `models` (params `run.analyze`) from their stage outputs. probes.json is required; the text-only
     baselines, interventions, geometry, attention and CKA are added when present (a warning when not).
@@ -498,13 +524,14 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
     for m in models:
         probes = outputs.json(f"{m}/probes.json", required=True)
         found = {name: outputs.json(f"{m}/{name}.json", why=f"its {name} rows") or {}
-                 for name in ("patching", "knockout", "heads", "positions", "geometry", "attention")}
+                 for name in ("patching", "knockout", "heads", "positions", "steering", "geometry", "attention")}
         with reading(outputs.metrics / m / "probes.json"):
             r = {"headline": probe_rows(probes, HEADLINE_SITE, thr), "controls": control_rows(probes, HEADLINE_SITE),
                  "sites": [x for s in SITES if s in probes["set_b"] for x in probe_rows(probes, s, thr, f" ({s})")]}
         r["causal"], r["extra"] = [], []
         for name, build, into in (("patching", behaviour_rows, "causal"), ("knockout", knockout_rows, "causal"),
                                   ("heads", head_rows, "causal"), ("positions", positions_rows, "causal"),
+                                  ("steering", steering_rows, "causal"),
                                   ("geometry", geometry_rows, "extra"), ("attention", attention_rows, "extra")):
             with reading(outputs.metrics / m / f"{name}.json"):
                 r[into] += build(found[name])
