@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from emotion_circuits import cli, figures as F, report
-from emotion_circuits.config import load_params
+from emotion_circuits.config import EMOTIONS, load_params
 from emotion_circuits.geometry import WHEEL
 from emotion_circuits.probes import CSV_COLUMNS, ProbeSettings, random_init_of
 
@@ -28,7 +28,10 @@ INTERVENTIONS = (
                                          "control_kl", "control_kl_low", "control_kl_high", "kl_critical"),
      F.knockout_layers),
     ("heads", "heads.csv", ("layer", "head", "rank_drop", "survives"), F.heads_heatmap),
-    ("positions", "positions.csv", ("layer", "bin", "recovery", "recovery_low"), F.positions_heatmap))
+    ("positions", "positions.csv", ("layer", "bin", "recovery", "recovery_low"), F.positions_heatmap),
+    ("steering_dose", "steering.csv", ("layer", "dose", "depth", "share", "share_low", "share_high", "random_share"),
+     F.steering_dose),
+    ("steering_specificity", "steering_specificity.csv", ("direction",) + EMOTIONS, F.steering_specificity))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:

@@ -30,7 +30,7 @@ def run_root(tmp_path_factory) -> Path:
 
 def expected_names() -> list[str]:
     names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "cka_matched", "attention_text_share",
-             "patching", "knockout", "heads", "positions"]
+             "patching", "knockout", "heads", "positions", "steering_dose", "steering_specificity"]
     for model in MODELS:
         names += [f"pca_{model}", f"centroid_cosine_{model}"]
     return sorted(names)
@@ -132,7 +132,8 @@ def test_missing_optional_inputs_skip_their_figures_with_a_warning(run_root, tmp
         assert f"{path}: not found" in warned
     drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     assert drawn == sorted(["auroc_depth", "transfer_binary", "attention_text_share", "pca_tiny-llama",
-                            "centroid_cosine_tiny-llama", "patching", "knockout", "heads", "positions"])
+                            "centroid_cosine_tiny-llama", "patching", "knockout", "heads", "positions",
+                            "steering_dose", "steering_specificity"])
     attention = jobs(root)["attention_text_share"]()
     assert [ax.get_title() for ax in attention.axes if ax.get_title()] == ["tiny-gemma"]
 
@@ -223,6 +224,23 @@ def test_positions_heatmap_draws_the_stage_values_and_marks_cells_above_zero(run
     assert sorted(zip(dots.get_ydata(), dots.get_xdata())) == sorted(
         (rows.index(l), cols.index(b)) for l, b in zip(sure["layer"], sure["bin"]))
     assert (1, cols.index(frame["bin"].max() // 2)) in set(zip(dots.get_ydata(), dots.get_xdata()))  # planted
+
+
+def test_steering_figures_draw_the_stage_values(run_root):
+    """Dose-response: one line per steered layer equal to the CSV's share at each dose; specificity: the image is
+    the CSV's matrix with the random row last."""
+    frame = pd.read_csv(run_root / "plots" / "tiny-llama" / "steering.csv")
+    built = jobs(run_root)
+    ax = next(a for a in built["steering_dose"]().axes if a.get_title() == "tiny-llama")
+    for layer, rows in frame.groupby("layer"):
+        line = next(l for l in ax.get_lines() if l.get_label() == f"h{layer}")
+        assert drawn_as(line, rows.sort_values("dose")["share"]), layer
+    top = frame[frame["layer"] == frame["layer"].max()]
+    assert top["share"].max() > 0.9 and frame[frame["layer"] == frame["layer"].min()]["share"].max() < 0.3  # planted
+    spec = pd.read_csv(run_root / "plots" / "tiny-llama" / "steering_specificity.csv")
+    ax = next(a for a in built["steering_specificity"]().axes if a.get_title() == "tiny-llama")
+    assert np.allclose(ax.get_images()[0].get_array(), spec.drop(columns="direction").to_numpy())
+    assert list(spec["direction"]) == list(F.EMOTIONS) + ["random"]
 
 
 def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):

@@ -193,6 +193,62 @@ def write_interventions(root: Path, params, model: str, n_layers: int, seed: int
             cr.run_stage(params, model, name, root / "metrics", root / "plots")
 
 
+def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> None:
+    """The steering outputs of `model`, written by the real stage code (steering_report.run_stage, with the real
+    directions and statistics) with only the forward passes replaced: steering with d_e moves the answer to e from
+    two thirds of the depth on, more with the dose; random directions never do."""
+    from emotion_circuits import causal, steering as st, steering_report as sr
+    from emotion_circuits.readout import Readout
+    from emotion_circuits.stimuli import Stimulus
+
+    rng = np.random.default_rng(seed)
+    k, d = len(EMOTIONS), 16
+    readout = Readout(emotions=EMOTIONS, words=(), sequences=(), owner=())
+    cfg = params.section("steering", st.SteeringSettings)
+    layers = causal.resolve_layers(cfg.layers, n_layers, "steering.layers", cfg.layer_step)
+    items = {name: [Stimulus(f"{name.lower()}-{i:02d}", name, e, "") for i, e in
+                    enumerate(np.tile(EMOTIONS if name == "B" else ["neutral"], 24))] for name in ("N", "B")}
+    engine = SimpleNamespace(loaded=SimpleNamespace(tokenizer=None), n_layers=n_layers,
+                             cfg=SimpleNamespace(hidden_size=d))
+
+    def setup(params, model, activations, directions):
+        return sr.Setup(model, cfg, params.section("interventions", causal.InterventionSettings), "", items, engine,
+                        readout, layers, seed, None, root / "act" / model, root / "steering" / model / "directions.npz")
+
+    def clean_runs(engine, tokenizer, template, stimuli, answers, desc=None):
+        raw = torch.from_numpy(rng.normal(size=(len(stimuli), k)) - 4).float()
+        log_probs = causal.calibrate(raw, torch.zeros(k))
+        return causal.Clean([], raw, torch.zeros(k), log_probs, readout.top1(log_probs),
+                            np.array([s.emotion for s in stimuli]))
+
+    def effect(layers, doses):
+        depth = (np.asarray(layers) + 1) / n_layers
+        return 6 * np.clip(depth * 1.5 - 0.5, 0, 1)[:, None] * np.asarray(doses)[None, :]   # (n_layers, n_doses)
+
+    def steer(engine, readout, clean, directions, layers, doses, n_random, seed):
+        n = len(clean.labels)
+        base = clean.log_probs.numpy()[:, None, None, None, :]
+        lift = effect(layers, doses)[None, :, :, None, None] * np.eye(k)[None, None, None]
+        noisy = base + lift + 0.3 * rng.normal(size=(n, len(layers), len(doses), k, k))
+        random = base + 0.3 * rng.normal(size=(n, len(layers), len(doses), n_random, k))
+        return st.SteeringResult(list(layers), list(doses), clean.log_probs.numpy(), noisy, random)
+
+    def against_grain(engine, readout, clean, directions, layer, dose, n_random, seed):
+        r = steer(engine, readout, clean, directions, [layer], [dose], n_random, seed)
+        own = np.array([EMOTIONS.index(e) for e in clean.labels])
+        return st.GrainResult(layer, dose, own, r.clean, r.steer[:, 0, 0], r.random[:, 0, 0])
+
+    def read_activations(path, n_layers, d_model):
+        labels = np.repeat(EMOTIONS, 10)
+        h = rng.normal(size=(len(labels), n_layers, d_model)).astype(np.float32)
+        h[:, :, :k] += 2.0 * np.eye(k)[[EMOTIONS.index(e) for e in labels]][:, None]
+        return h, labels
+
+    with mock.patch.multiple(sr, setup=setup, clean_runs=clean_runs, steer=steer, against_grain=against_grain,
+                             read_activations=read_activations):
+        sr.run_stage(params, model, root / "metrics", root / "plots")
+
+
 @functools.lru_cache(maxsize=None)
 def build_run(root: Path) -> Path:
     """A full fixture run under `root`: params.yaml, stimuli metrics, activations, and the real outputs of the
@@ -217,6 +273,7 @@ def build_run(root: Path) -> Path:
         stage("geometry").main(["--model", model, *common])
         stage("attention").main(["--model", model, *common])
         write_interventions(root, params, model, MODELS[model], seed=len(model))
+        write_steering(root, params, model, MODELS[model], seed=len(model) + 1)
     stage("cka").main(common)
     return root
 
@@ -419,13 +476,13 @@ def test_missing_optional_inputs_are_skipped_with_a_warning(run_root, tmp_path, 
 
 def test_intervention_rows_are_present_only_for_models_with_intervention_outputs(run_root, tmp_path, caplog):
     root = copy_run(run_root, tmp_path)
-    for name in ("patching", "knockout", "heads", "positions"):
+    for name in ("patching", "knockout", "heads", "positions", "steering"):
         (root / "metrics" / "tiny-gemma" / f"{name}.json").unlink()
     with caplog.at_level(logging.WARNING):
         flat, md = summarize(root)
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert f"{root / 'metrics' / 'tiny-gemma' / 'knockout.json'}: not found" in warned
-    causal_keys = ("patching", "behaviour", "knockout", "heads", "positions")
+    causal_keys = ("patching", "behaviour", "knockout", "heads", "positions", "steering")
     assert not any(k.startswith(tuple(f"tiny-gemma/{c}" for c in causal_keys)) or ".patching" in k
                    for k in flat if k.startswith("tiny-gemma/"))
     assert "tiny-llama/h.patching_recovery.first_layer" in flat and "tiny-llama/heads.top1.drop" in flat
@@ -437,10 +494,11 @@ def test_intervention_rows_are_present_only_for_models_with_intervention_outputs
     knockout.write_text(json.dumps(damaged))
     with pytest.raises(DataError, match=r"llama/knockout\.json: missing or malformed entry \(KeyError: 'critical_kl'\)$"):
         summarize(root)
-    for name in ("patching", "knockout", "heads", "positions"):     # no model with interventions: no rows at all
+    for name in ("patching", "knockout", "heads", "positions", "steering"):   # no model with interventions: no rows
         (root / "metrics" / "tiny-llama" / f"{name}.json").unlink()
     flat, md = summarize(root)
-    assert not any(c in k for k in flat for c in ("patching", "behaviour", "knockout", "heads", "positions"))
+    assert not any(c in k for k in flat for c in ("patching", "behaviour", "knockout", "heads", "positions",
+                                                  "steering"))
     assert "patching" not in md and "knockout" not in md and "heads:" not in md
     assert len(tables(md)) == 5 + len(MODELS) and flat["tiny-llama/h.set_b.auroc"] > 0.9
 

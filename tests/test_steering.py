@@ -228,8 +228,27 @@ def test_summary_rows_read_the_stage_metrics():
     grain = grain_summary(against_grain(engine, readout, clean, dirs, 1, 2.0, 1, 0), EMOTIONS, 100, 0, 99)
     spec = {k: x for k, x in out["specificity"].items() if k not in ("matrix", "random", "emotions")}
     metrics = json.loads(json.dumps(_clean({"n": 16, "set": "N", "grain_set": "B", "best": out["best"],
+                                            "earliest": out["earliest"], "n_layers": N_LAYERS,
                                             "specificity": spec, "grain": grain})))
     rows = report.steering_rows(metrics)
-    assert [r[0] for r in rows] == ["steering.best", "steering.share", "steering.specificity", "steering.grain"]
-    assert "layer" in rows[0][2].text and "(p " in rows[0][2].text and "vs random" in rows[1][2].text
+    assert [r[0] for r in rows] == ["steering.best", "steering.earliest", "steering.share", "steering.specificity",
+                                    "steering.grain"]
+    assert out["earliest"] is None and rows[1][2].text == "none in the grid"   # one planted emotion of eight
+    assert report.earliest_cell(dict(out["best"], layer=2), N_LAYERS).text.startswith(f"h2 (depth {3 / N_LAYERS:.2f}), dose 2")
+    assert "layer" in rows[0][2].text and "(p " in rows[0][2].text and "vs random" in rows[2][2].text
     assert report.steering_rows({}) == []
+
+
+def test_earliest_reads_the_shallowest_layer_that_clears_the_bar_not_the_largest_effect():
+    """The largest effect sits at the last layer and largest dose; earliest names the shallowest layer whose whole
+    interval clears the bar, at its smallest such dose, and None when no cell does."""
+    from emotion_circuits.steering_summary import earliest
+
+    def row(layer, dose, low):
+        return {"layer": layer, "dose": dose, "share": low + 0.05, "share_low": low, "share_high": low + 0.1,
+                "random_share": 0.1, "random_share_low": 0.05, "random_share_high": 0.15,
+                "share_minus_random": low, "share_minus_random_low": low - 0.02, "share_minus_random_high": low + 0.02}
+    rows = [row(9, 1.0, 0.9), row(9, 0.5, 0.8), row(5, 1.0, 0.6), row(5, 0.5, 0.3), row(1, 1.0, 0.1)]
+    got = earliest(rows)
+    assert (got["layer"], got["dose"]) == (5, 1.0) and got["bar"] == 0.5
+    assert earliest(rows, bar=0.95) is None

@@ -246,7 +246,7 @@ def cosine_heatmaps(cosines: dict[str, pd.DataFrame], titles: dict[str, str], or
     limit = np.ceil(limit * 10) / 10
     image = None
     for ax, (name, matrix) in zip(axes, matrices.items()):
-        image = _heatmap(ax, matrix, order, order, -limit, limit, "RdBu_r", fmt="{:.1f}")
+        image = _heatmap(ax, matrix, order, order, -limit, limit, "RdBu_r", fmt="{:.0f}")
         ax.set_title(titles[name])
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="cosine similarity of centroids (diagonal 1: blank)")
     fig.suptitle(suptitle)
@@ -514,4 +514,54 @@ def positions_heatmap(positions: dict[str, pd.DataFrame]) -> Figure:
     fig.legend(handles=[Line2D([], [], marker="o", color="k", mec="white", ls="", ms=4, label="95% CI above 0")],
                loc="outside lower center", frameon=False)
     fig.suptitle("Patching B into its neutral twin, one text position at a time")
+    return fig
+
+
+@styled
+def steering_dose(steering: dict[str, pd.DataFrame]) -> Figure:
+    """Dose-response of steering the neutral set with d_e (`steering`: the stage's steering.csv rows): the share of
+    items whose answer becomes e (over the emotions each item did not already answer) against alpha (multiples of
+    the layer's median norm), one line per steered layer (colour and marker per layer), its 95% interval shaded; the same-norm
+    random directions' share dotted grey (the mean over layers, its range over layers shaded); chance 1/8 dashed."""
+    fig, axes = _panels(len(steering), 2.8 if len(steering) > 1 else 3.6)
+    for ax, (model, frame) in zip(axes, steering.items()):
+        for i, (layer, rows) in enumerate(frame.groupby("layer")):
+            rows = rows.sort_values("dose")
+            color = SERIES[i % len(SERIES)]
+            ax.plot(rows["dose"], rows["share"], color=color, lw=1.3, marker=MARKERS[i % len(MARKERS)], ms=3,
+                    label=f"h{layer}")
+            ax.fill_between(rows["dose"], rows["share_low"], rows["share_high"], color=color, alpha=0.15, lw=0)
+        rand = frame.groupby("dose")["random_share"].agg(["mean", "min", "max"]).sort_index()
+        ax.plot(rand.index, rand["mean"], color=GREY, ls=":", lw=1.3, label="random, same norm")
+        ax.fill_between(rand.index, rand["min"], rand["max"], color=GREY, alpha=0.12, lw=0)
+        ax.axhline(1 / 8, color=GREY, lw=0.8, ls=(0, (4, 3)), zorder=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(frame["dose"].unique()), [f"{d:g}" for d in sorted(frame["dose"].unique())])
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("dose alpha (x median ||h||)")
+        ax.set_ylabel("share of answers steered to e")
+        ax.set_title(model)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.suptitle("Steering the neutral set with the emotion directions d_e (chance 1/8 dashed)")
+    return fig
+
+
+@styled
+def steering_specificity(matrices: dict[str, pd.DataFrame]) -> Figure:
+    """The 8 x 8 specificity matrix at the best steering cell (`matrices`: the stage's steering_specificity.csv:
+    row = the direction added, column = the emotion whose calibrated score is read, value = mean change from the
+    clean run; the last row is the same-norm random directions), one panel per model, diverging colours centred on
+    0 on one scale per panel."""
+    fig, axes = _panels(len(matrices), 3.6, ncols=min(len(matrices), 2))
+    for ax, (model, frame) in zip(axes, matrices.items()):
+        cols = [c for c in frame.columns if c != "direction"]
+        values = frame[cols].to_numpy(float)
+        limit = max(1e-3, float(np.nanmax(np.abs(values))))
+        image = _heatmap(ax, values, [f"d_{d}" if d != "random" else "random" for d in frame["direction"]], cols,
+                         -limit, limit, "RdBu_r", fmt="{:.0f}")
+        ax.axhline(len(frame) - 1.5, color="k", lw=0.8)
+        ax.set_xlabel("calibrated score read")
+        ax.set_title(model)
+        fig.colorbar(image, ax=ax, shrink=0.7, label="mean change from the clean run")
+    fig.suptitle("Steering specificity at the best layer and dose (diagonal: the steered emotion's own score)")
     return fig

@@ -489,6 +489,16 @@ class Summary:
         return "\n".join(out).rstrip() + "\n"
 
 
+def earliest_cell(cell: dict | None, n_layers: int | None) -> Cell:
+    """`steering_summary.earliest` as 'h21 (depth 0.73), dose 1: 73% vs random 11%', or 'none' when no cell clears."""
+    if not cell:
+        return Cell("none in the grid", {})
+    depth = f" (depth {(cell['layer'] + 1) / n_layers:.2f})" if n_layers else ""
+    return Cell(f"h{cell['layer']}{depth}, dose {cell['dose']:g}: {ci(cell, 'share', pct=True).text} vs random "
+                f"{ci(cell, 'random_share', pct=True).text}",
+                {"layer": cell["layer"], "dose": cell["dose"], **ci(cell, "share").stats})
+
+
 def steering_rows(steering: dict) -> list[tuple]:
     """Steering the neutral set with d_e: the best layer and dose with its max-statistic p, the share steered to e
     beside the same-norm random directions, the specificity diagonal against the off-diagonal, and against the
@@ -501,6 +511,9 @@ def steering_rows(steering: dict) -> list[tuple]:
              f"{best['n_cells']} cells)",
              number(best["delta_minus_random"], "delta_minus_random", p=best["p_max"], layer=best["layer"],
                     dose=best["dose"])),
+            ("steering.earliest", "steering: shallowest layer (smallest dose) whose share steered to e beats random by "
+             "more than 0.5 with its whole interval",
+             earliest_cell(steering.get("earliest"), steering.get("n_layers"))),
             ("steering.share", "steering: share of items whose answer becomes e (best cell), d_e vs same-norm random",
              Cell(f"{ci(best, 'share', pct=True).text} vs random {ci(best, 'random_share', pct=True).text}",
                   {**ci(best, "share").stats, **ci(best, "random_share").stats})),

@@ -34,15 +34,15 @@ class SteeringSettings:
     direction (0: off); layers / layer_step: as for patching; doses: alpha values (multiples of the layer's median
     norm); n_random: same-norm random directions per item and layer."""
     set: str = "N"
-    n_items: int = 32
+    n_items: int = 24
     grain_set: str = "B"
-    n_grain: int = 32
+    n_grain: int = 24
     fit_set: str = "A"
     denoise_set: str = "N"
     denoise_k: int = 0
     layers: tuple[int, ...] | None = None
-    layer_step: int = 3
-    doses: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    layer_step: int = 4
+    doses: tuple[float, ...] = (0.25, 0.5, 1.0)
     n_random: int = 2
 
     def __post_init__(self):

@@ -104,7 +104,7 @@ def run_steering(s: Setup):
                "denoise_k": cfg.denoise_k, "clean_answers": {e: int((clean.top1 == e).sum()) for e in emotions},
                "n_interventions": len(items) * len(s.layers) * len(cfg.doses) * (len(emotions) + cfg.n_random)
                + len(grain_items) * (len(emotions) + cfg.n_random),
-               "best": best, "per_emotion": summary["per_emotion"], "grain": grain,
+               "best": best, "earliest": summary["earliest"], "per_emotion": summary["per_emotion"], "grain": grain,
                "specificity": {k: v for k, v in spec.items() if k not in ("matrix", "random", "emotions")}}
     log.info("%s steering: best h%d dose %g, share steered %.2f (random %.2f), max-statistic p %.3f; specificity "
              "diagonal %.2f vs off %.2f; against the grain moved %.2f (random %.2f)", s.name, best["layer"],

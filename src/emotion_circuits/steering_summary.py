@@ -97,8 +97,20 @@ def steering_summary(r, emotions, n_boot: int, seed: int, n_flip: int) -> dict:
                                             seed),
                              **_arms("delta", v["delta"][:, j, a, e], v["random_delta"][:, j, a, e], counts),
                              "n": int(ok.sum())}
-    return {"rows": rows, "best": best, "per_emotion": per_emotion,
+    return {"rows": rows, "best": best, "earliest": earliest(rows), "per_emotion": per_emotion,
             "specificity": specificity(r, j, a, emotions, counts)}
+
+
+def earliest(rows: list[dict], bar: float = 0.5) -> dict | None:
+    """The shallowest steered layer (and its smallest dose) at which the share steered to e beats the random control
+    by more than `bar` with the whole interval: the best cell by effect size is usually the last layer at the largest
+    dose, where adding the emotion word's own readout direction is close to trivial, so depth is read here. None when
+    no cell clears the bar."""
+    for row in sorted(rows, key=lambda r: (r["layer"], r["dose"])):
+        if row["share_minus_random_low"] > bar:
+            return {"layer": row["layer"], "dose": row["dose"], "bar": bar,
+                    **{k: row[k] for k in row if k.startswith(("share", "random_share"))}}
+    return None
 
 
 def specificity(r, j: int, a: int, emotions, counts: np.ndarray) -> dict:
