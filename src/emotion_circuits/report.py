@@ -507,10 +507,10 @@ def steering_rows(steering: dict) -> list[tuple]:
         return []
     best, spec, grain = steering["best"], steering["specificity"], steering["grain"]
     return [("steering.best", f"steering: best layer and dose (alpha x median norm) of d_e on {steering['n']} Set "
-             f"{steering['set']} items, by the mean change of e's score minus random (max-statistic p over "
-             f"{best['n_cells']} cells)",
+             f"{steering['set']} items, by the mean change of e's score minus random (max-statistic p over the "
+             "layer x dose grid)",
              number(best["delta_minus_random"], "delta_minus_random", p=best["p_max"], layer=best["layer"],
-                    dose=best["dose"])),
+                    dose=best["dose"], cells=best["n_cells"])),
             ("steering.earliest", "steering: shallowest layer (smallest dose) whose share steered to e beats random by "
              "more than 0.5 with its whole interval",
              earliest_cell(steering.get("earliest"), steering.get("n_layers"))),
