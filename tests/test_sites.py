@@ -1,4 +1,6 @@
 """Sites h / a / m: the residual identity, equality with output_hidden_states, interventions, hook hygiene."""
+import re
+
 import pytest
 import torch
 
@@ -83,6 +85,19 @@ def test_hooks_removed_after_exception(tiny):
                     attention=True):
             raise RuntimeError("boom")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+
+
+def test_transformer_lens_hook_names_are_aliases_of_h_a_m():
+    """blocks.{l}.hook_resid_post / hook_attn_out / hook_mlp_out name the same sites as h / a / m (resid_post is the
+    residual after block l, attn_out and mlp_out what each sublayer adds); other hook names are one-line errors."""
+    assert Site.parse("blocks.12.hook_resid_post") == Site.parse("h12") == Site("h", 12)
+    assert Site.parse(" blocks.0.hook_attn_out ", n_layers=3) == Site("a", 0)
+    assert Site.parse("blocks.2.hook_mlp_out", n_layers=3) == Site("m", 2)
+    for bad in ["blocks.3.hook_resid_pre", "blocks.x.hook_mlp_out", "blocks.3.hook_mlp_out.x", "blocks3.hook_attn_out"]:
+        with pytest.raises(SiteError, match=re.escape(repr(bad))):
+            Site.parse(bad)
+    with pytest.raises(SiteError, match="out of range"):
+        Site.parse("blocks.30.hook_resid_post", n_layers=30)
 
 
 def test_site_parser_and_bad_values():

@@ -19,6 +19,7 @@ import torch
 
 KINDS = ("h", "a", "m")
 OPS = ("set", "add", "zero", "random", "shift")
+TRANSFORMER_LENS = {"hook_resid_post": "h", "hook_attn_out": "a", "hook_mlp_out": "m"}   # hook name -> site kind
 
 
 class SiteError(ValueError):
@@ -35,11 +36,18 @@ class Site:
 
     @staticmethod
     def parse(text: str, n_layers: int | None = None) -> "Site":
-        """'h12' -> Site('h', 12); anything else (or a layer out of range) is a SiteError naming the value."""
-        match = re.fullmatch(r"([ham])(\d+)", str(text).strip())
-        if not match:
-            raise SiteError(f"site {text!r}: expected h, a or m followed by a layer index, e.g. 'h12'")
-        return Site(match.group(1), int(match.group(2))).check(n_layers)
+        """'h12' -> Site('h', 12); TransformerLens hook names are aliases: 'blocks.12.hook_resid_post' (h),
+        'blocks.12.hook_attn_out' (a), 'blocks.12.hook_mlp_out' (m). Anything else (or a layer out of range) is a
+        SiteError naming the value."""
+        text = str(text).strip()
+        match = re.fullmatch(r"([ham])(\d+)", text)
+        if match:
+            return Site(match.group(1), int(match.group(2))).check(n_layers)
+        match = re.fullmatch(r"blocks\.(\d+)\.(hook_resid_post|hook_attn_out|hook_mlp_out)", text)
+        if match:
+            return Site(TRANSFORMER_LENS[match.group(2)], int(match.group(1))).check(n_layers)
+        raise SiteError(f"site {text!r}: expected h, a or m followed by a layer index, e.g. 'h12', or a "
+                        "TransformerLens hook name, e.g. 'blocks.12.hook_resid_post'")
 
     def check(self, n_layers: int | None) -> "Site":
         if self.kind not in KINDS:
