@@ -1,7 +1,8 @@
 """dvc stage `summary`: the cross-model table (the published study's rows, with intervals and controls) from the
 stage outputs of the models in params `run.analyze`.
 
-Writes metrics/summary.json (flat keys `<model>/<site>.<result>.<number>`) and metrics/summary.md.
+Writes metrics/summary.json (flat keys `<model>/<site>.<result>.<number>`), metrics/summary.md and
+metrics/headline.json (the few dozen numbers per model that `dvc metrics show` / `diff` print).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 from pathlib import Path
 
 from emotion_circuits import cli, report
+from emotion_circuits.headline import headline, write_headline
 from emotion_circuits.config import load_params
 from emotion_circuits.io import write_json, write_text
 from emotion_circuits.probes import ProbeSettings
@@ -31,6 +33,7 @@ def main(argv=None) -> None:
     out = Path(args.out or args.metrics)
     write_json(out / "summary.json", summary.flat)
     write_text(out / "summary.md", summary.markdown())
+    write_headline(out / "headline.json", headline(summary.flat, params.run.analyze))
     log.info("summary of %s: %d numbers, %d tables -> %s", ", ".join(params.run.analyze), len(summary.flat),
              len(summary.tables), out / "summary.md")
 
