@@ -63,6 +63,26 @@ def test_directions_are_unit_differences_of_means_and_denoising_removes_the_comp
     assert np.allclose(project_out(basis, basis), 0, atol=1e-9)
 
 
+def test_probe_directions_find_the_discriminant_where_the_difference_of_means_follows_the_loud_axis():
+    """Rage items move +1 along a quiet axis 0 (noise 0.3: very informative) and +3 along a loud axis 1 (noise 10:
+    nearly useless). The difference of means points mostly along axis 1 (cosine with axis 0 about 0.3); the probe's
+    gradient, like the best linear readout, points along axis 0 (cosine > 0.9). The method can fail: with the
+    labels shuffled the probe direction does not find axis 0."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 12
+    labels = np.repeat(EMOTIONS, n // 8)
+    h = rng.standard_normal((n, 1, d)) * 0.3
+    h[:, 0, 1] = rng.standard_normal(n) * 10.0
+    h[labels == "rage", 0, 0] += 1.0
+    h[labels == "rage", 0, 1] += 3.0
+    probe = fit_directions(h, labels, EMOTIONS, method="probe", C=1.0).directions[0, 0]
+    mean = fit_directions(h, labels, EMOTIONS).directions[0, 0]
+    assert probe[0] > 0.9 and mean[0] < 0.5
+    np.testing.assert_allclose(np.linalg.norm(probe), 1, atol=1e-6)
+    shuffled = fit_directions(h, rng.permutation(labels), EMOTIONS, method="probe").directions[0, 0]
+    assert abs(shuffled[0]) < 0.5
+
+
 def test_steering_additions_on_the_fast_path_equal_the_plain_hooked_forward(tiny):
     readout = Readout.build(tiny.tokenizer, AnswerSettings())
     engine = Engine(tiny, readout, batch_size=7)
@@ -74,6 +94,26 @@ def test_steering_additions_on_the_fast_path_equal_the_plain_hooked_forward(tiny
     plain = plain_scores(tiny, readout, ids, groups)
     torch.testing.assert_close(fast, plain, rtol=0, atol=ATOL)
     assert (fast - engine.prepare(ids).raw).abs().amax(-1).median() > 1e-3   # the additions do move the scores
+
+
+def test_additions_at_every_text_token_on_the_fast_path_equal_the_plain_hooked_forward(tiny):
+    """where: text adds the vector at every token of the stimulus (not the cue): the fast path, recomputing the
+    prompt from the first text token, equals one plain hooked forward per group; and it is not the last-token run."""
+    from emotion_circuits.steering import text_positions
+    readout = Readout.build(tiny.tokenizer, AnswerSettings())
+    engine = Engine(tiny, readout, batch_size=5)
+    item = neutral_items(1)[0]
+    ids = tokenize_prompt(tiny.tokenizer, TEMPLATE, item.text).ids
+    (where,) = text_positions(tiny.tokenizer, TEMPLATE, [item])
+    assert where and where[-1] < len(ids) - 1 and len(where) < len(ids) - 2         # the text only, not the cue
+    fit = random_directions(engine.n_layers, engine.cfg.hidden_size, seed=4)
+    vectors = torch.from_numpy(fit.directions[[0, 1]])
+    groups = steer_groups([0, 1], [1.0, 3.0], vectors, fit.scale, where)
+    assert all(len(g) == len(where) for g in groups)
+    fast = engine.run(engine.prepare(ids, positions=True), groups)
+    torch.testing.assert_close(fast, plain_scores(tiny, readout, ids, groups), rtol=0, atol=ATOL)
+    last = engine.run(engine.prepare(ids), steer_groups([0, 1], [1.0, 3.0], vectors, fit.scale))
+    assert (fast - last).abs().max() > 1e-3
 
 
 def test_zero_vector_and_zero_dose_change_nothing(tiny_setup):
@@ -208,6 +248,9 @@ def test_balanced_takes_emotions_in_turn():
     ({"fit_set": "N"}, "params.yaml: steering.fit_set: 'N' is also steering.set"),
     ({"fit_set": "B"}, "params.yaml: steering.fit_set: 'B' is also steering.grain_set"),
     ({"dose": [1.0]}, "params.yaml: steering.dose: unknown key"),
+    ({"where": "every"}, "params.yaml: steering.where: .every., expected one of last, text"),
+    ({"directions": "pca"}, "params.yaml: steering.directions: .pca., expected one of mean_difference, probe"),
+    ({"probe_C": 0}, "params.yaml: steering.probe_C: 0.0 must be positive"),
 ])
 def test_bad_steering_params_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError, match=message) as err:

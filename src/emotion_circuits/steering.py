@@ -20,10 +20,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import stats
 from .causal import Clean, scores, unit_directions
 from .config import ConfigError
+from .extract import tokenize_prompt
 from .io import DataError
 from .sites import Intervention, Site
+
+
+DIRECTIONS = ("mean_difference", "probe")   # d_e: difference of means, or the 8-class probe's weights
+WHERE = ("last", "text")   # add at the extraction position, or at every token of the stimulus text (not the cue)
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,9 @@ class SteeringSettings:
     against their own emotion, n_grain of them (emotions in turn); fit_set: the directions' set (never a steered
     one); denoise_set / denoise_k: project the top k principal components of that set's activations out of every
     direction (0: off); layers / layer_step: as for patching; doses: alpha values (multiples of the layer's median
-    norm); n_random: same-norm random directions per item and layer."""
+    norm); n_random: same-norm random directions per item and layer; where: `last` adds at the extraction position,
+    `text` at every token of the stimulus text instead (the answer then hears it only through attention);
+    directions: `mean_difference` or `probe` (the 8-class probe's weights, `probe_directions`, with probe_C)."""
     set: str = "N"
     n_items: int = 24
     grain_set: str = "B"
@@ -44,6 +52,10 @@ class SteeringSettings:
     layer_step: int = 4
     doses: tuple[float, ...] = (0.25, 0.5, 1.0)
     n_random: int = 2
+    where: str = "last"
+    directions: str = "mean_difference"
+    probe_C: float = 1.0
+
 
     def __post_init__(self):
         if not self.doses:
@@ -54,6 +66,13 @@ class SteeringSettings:
         for key in ("n_items", "n_grain"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"params.yaml: steering.{key}: must be at least 2")
+        if self.where not in WHERE:
+            raise ConfigError(f"params.yaml: steering.where: {self.where!r}, expected one of {', '.join(WHERE)}")
+        if self.directions not in DIRECTIONS:
+            raise ConfigError(f"params.yaml: steering.directions: {self.directions!r}, expected one of "
+                              f"{', '.join(DIRECTIONS)}")
+        if not self.probe_C > 0:
+            raise ConfigError(f"params.yaml: steering.probe_C: {self.probe_C!r} must be positive")
         if self.n_random < 1:
             raise ConfigError("params.yaml: steering.n_random: must be at least 1")
         if self.denoise_k < 0:
@@ -133,11 +152,31 @@ class Directions:
     removed: np.ndarray
 
 
+def probe_directions(h: np.ndarray, labels: np.ndarray, emotions, C: float = 1.0) -> np.ndarray:
+    """`(n_layers, n_emotions, d)` raw directions from the project's 8-class probe (`stats.probe_pipeline`: z-scoring,
+    row space, L2 logistic regression) fitted per layer on `h (n, n_layers, d)`: the gradient of emotion e's logit
+    with respect to h (the weights mapped back through the row space and divided by the feature scale), minus the
+    mean over emotions (the softmax ignores a shift shared by every logit), so d_e points from the others to e."""
+    labels = np.asarray(labels)
+    missing = [e for e in emotions if not (labels == e).any()]
+    if missing:
+        raise DataError(f"the fitting set has no {missing[0]} items: the {missing[0]} direction cannot be fitted")
+    out = []
+    for layer in range(h.shape[1]):
+        pipe = stats.probe_pipeline(C).fit(h[:, layer].astype(np.float64), labels)
+        scaler, rows, model = pipe.steps[0][1], pipe.steps[1][1], pipe.steps[-1][1]
+        order = [list(model.classes_).index(e) for e in emotions]
+        grad = (rows.components_ @ model.coef_[order].T).T / scaler.scale_           # (k, d)
+        out.append(grad - grad.mean(0, keepdims=True))
+    return np.stack(out)
+
+
 def fit_directions(h: np.ndarray, labels: np.ndarray, emotions, neutral: np.ndarray | None = None,
-                   k: int = 0) -> Directions:
-    """Unit difference-of-means directions of `h (n, n_layers, d)`, denoised with the top `k` components of
-    `neutral (m, n_layers, d)` when k > 0 (k must stay below d)."""
-    raw = difference_of_means(h, np.asarray(labels), emotions)
+                   k: int = 0, method: str = "mean_difference", C: float = 1.0) -> Directions:
+    """Unit directions of `h (n, n_layers, d)` by `method` (difference of means, or the probe's weights),
+    denoised with the top `k` components of `neutral (m, n_layers, d)` when k > 0 (k must stay below d)."""
+    raw = (difference_of_means(h, np.asarray(labels), emotions) if method == "mean_difference"
+           else probe_directions(h, labels, emotions, C))
     kept = raw
     if k:
         if neutral is None or k >= min(len(neutral), raw.shape[-1]):
@@ -152,10 +191,11 @@ def fit_directions(h: np.ndarray, labels: np.ndarray, emotions, neutral: np.ndar
 # ------------------------------------------------------------------------------------------------ steering
 
 
-def steer_groups(layers, doses, vectors: torch.Tensor, scale) -> list[list[Intervention]]:
-    """One group per (layer, dose, vector), in that order: add dose * scale[layer] * vectors[j, v] to h[layer] at the
-    extraction position; `vectors (n_layers_steered, n_vectors, d)` unit rows, one block per steered layer."""
-    return [[Intervention(Site("h", layer), "add", float(dose * scale[layer]) * v)]
+def steer_groups(layers, doses, vectors: torch.Tensor, scale, positions=(-1,)) -> list[list[Intervention]]:
+    """One group per (layer, dose, vector), in that order: add dose * scale[layer] * vectors[j, v] to h[layer] at
+    each of `positions` (prompt token indices; -1 the extraction position); `vectors (n_layers_steered, n_vectors,
+    d)` unit rows, one block per steered layer."""
+    return [[Intervention(Site("h", layer), "add", float(dose * scale[layer]) * v, position=p) for p in positions]
             for j, layer in enumerate(layers) for dose in doses for v in vectors[j]]
 
 
@@ -172,17 +212,19 @@ class SteeringResult:
 
 
 def steer(engine, readout, clean: Clean, directions: Directions, layers, doses, n_random: int,
-          seed: int) -> SteeringResult:
+          seed: int, positions=None) -> SteeringResult:
     """Steer every item of `clean` with each d_e and `n_random` random directions at every layer and dose:
-    len(layers) * len(doses) * (k + n_random) groups per item."""
+    len(layers) * len(doses) * (k + n_random) groups per item; `positions[i]`: the prompt positions of item i
+    that receive the addition (None: the extraction position; earlier ones need clean runs with positions=True)."""
     k, d = len(readout.emotions), directions.directions.shape[-1]
     rng = np.random.default_rng(seed)
     d_e = torch.from_numpy(directions.directions[list(layers)])        # (n_layers_steered, k, d)
     shape = (len(layers), len(doses), k + n_random, k)
     steer_out, random_out = [], []
-    for prep in tqdm(clean.prepared, desc="steering", leave=False):
+    for i, prep in enumerate(tqdm(clean.prepared, desc="steering", leave=False)):
         vectors = torch.cat([d_e, unit_directions(rng, (len(layers), n_random), d)], dim=1)
-        lp = scores(engine, readout, clean, prep, steer_groups(layers, doses, vectors, directions.scale))
+        where = (-1,) if positions is None else positions[i]
+        lp = scores(engine, readout, clean, prep, steer_groups(layers, doses, vectors, directions.scale, where))
         lp = lp.reshape(shape).numpy()
         steer_out.append(lp[:, :, :k])
         random_out.append(lp[:, :, k:])
@@ -204,9 +246,10 @@ class GrainResult:
 
 
 def against_grain(engine, readout, clean: Clean, directions: Directions, layer: int, dose: float, n_random: int,
-                  seed: int) -> GrainResult:
-    """Add every d_e (and `n_random` same-norm random directions) at one layer and dose to each item of `clean`."""
-    res = steer(engine, readout, clean, directions, [layer], [dose], n_random, seed)
+                  seed: int, positions=None) -> GrainResult:
+    """Add every d_e (and `n_random` same-norm random directions) at one layer and dose to each item of `clean`
+    (at `positions` as in `steer`)."""
+    res = steer(engine, readout, clean, directions, [layer], [dose], n_random, seed, positions)
     own = np.array([list(readout.emotions).index(e) for e in clean.labels])
     return GrainResult(layer, dose, own, res.clean, res.steer[:, 0, 0], res.random[:, 0, 0])
 
@@ -220,3 +263,9 @@ def balanced(stimuli, emotions, n: int) -> list:
             if queues[e] and len(out) < n:
                 out.append(queues[e].pop(0))
     return out
+
+
+def text_positions(tokenizer, template: str, stimuli) -> list[list[int]]:
+    """Per stimulus, the prompt positions of its text's tokens (`extract.tokenize_prompt`'s span)."""
+    spans = [tokenize_prompt(tokenizer, template, s.text) for s in stimuli]
+    return [list(range(p.text_start, p.text_end)) for p in spans]
