@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import generation
+from . import affect, generation
 from .causal import InterventionSettings, clean_runs, resolve_layers
 from .config import ConfigError, Params
 from .interventions import Engine
@@ -46,6 +46,7 @@ class Setup:
     activations: Path       # <root>/<model>/<prompt>: the extraction files of the prompt the engine uses
     directions: Path        # where the directions are saved
     generation: generation.GenerationSettings = generation.GenerationSettings()
+    affect: affect.AffectSettings = affect.AffectSettings()
 
 
 def setup(params: Params, model: str, activations="data/activations", directions=None) -> Setup:
@@ -76,9 +77,10 @@ def setup(params: Params, model: str, activations="data/activations", directions
     engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
     gen = params.section("steering_generation", generation.GenerationSettings).check(loaded.n_layers,
                                                                                       len(stimuli[cfg.set]))
+    affect_cfg = params.section("steering_affect", affect.AffectSettings)
     return Setup(model, cfg, shared, params.prompt(shared.prompt).template, stimuli, engine, readout, layers,
                  params.seed + SEED_OFFSET, answers, root,
-                 Path(directions) if directions else Path("data/steering") / model / "directions.npz", gen)
+                 Path(directions) if directions else Path("data/steering") / model / "directions.npz", gen, affect_cfg)
 
 
 def run_steering(s: Setup):
@@ -122,9 +124,11 @@ def run_steering(s: Setup):
             **{f"grain_{k}": v for k, v in grain["per_emotion"][e].items()}} for e in emotions]
     metrics["generation"], text = generation.run_generation(s.engine.loaded, s.stimuli[cfg.set], directions, emotions,
                                                            best, s.generation, n_boot, s.seed + 2)
+    metrics["affect"], plane = affect.affect(directions.directions[best["layer"]], emotions,
+                                             s.affect)
     rows = summary["rows"]
     return metrics, rows, list(rows[0]), {"steering_specificity": matrix, "steering_emotions": per,
-                                          "steering_text": text}
+                                          "steering_text": text, "steering_affect": plane}
 
 
 def run_stage(params: Params, model: str, metrics_dir="metrics", plots_dir="plots", activations="data/activations",
