@@ -31,7 +31,8 @@ INTERVENTIONS = (
     ("positions", "positions.csv", ("layer", "bin", "recovery", "recovery_low"), F.positions_heatmap),
     ("steering_dose", "steering.csv", ("layer", "dose", "depth", "share", "share_low", "share_high", "random_share"),
      F.steering_dose),
-    ("steering_specificity", "steering_specificity.csv", ("direction",) + EMOTIONS, F.steering_specificity))
+    ("steering_specificity", "steering_specificity.csv", ("direction",) + EMOTIONS, F.steering_specificity),
+    ("steering_affect", "steering_affect.csv", ("emotion", "pc1", "pc2", "valence"), F.affect_plane))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:

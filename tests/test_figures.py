@@ -30,7 +30,7 @@ def run_root(tmp_path_factory) -> Path:
 
 def expected_names() -> list[str]:
     names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "cka_matched", "attention_text_share",
-             "patching", "knockout", "heads", "positions", "steering_dose", "steering_specificity"]
+             "patching", "knockout", "heads", "positions", "steering_dose", "steering_specificity", "steering_affect"]
     for model in MODELS:
         names += [f"pca_{model}", f"centroid_cosine_{model}"]
     return sorted(names)
@@ -133,7 +133,7 @@ def test_missing_optional_inputs_skip_their_figures_with_a_warning(run_root, tmp
     drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     assert drawn == sorted(["auroc_depth", "transfer_binary", "attention_text_share", "pca_tiny-llama",
                             "centroid_cosine_tiny-llama", "patching", "knockout", "heads", "positions",
-                            "steering_dose", "steering_specificity"])
+                            "steering_dose", "steering_specificity", "steering_affect"])
     attention = jobs(root)["attention_text_share"]()
     assert [ax.get_title() for ax in attention.axes if ax.get_title()] == ["tiny-gemma"]
 
@@ -241,6 +241,10 @@ def test_steering_figures_draw_the_stage_values(run_root):
     ax = next(a for a in built["steering_specificity"]().axes if a.get_title() == "tiny-llama")
     assert np.allclose(ax.get_images()[0].get_array(), spec.drop(columns="direction").to_numpy())
     assert list(spec["direction"]) == list(F.EMOTIONS) + ["random"]
+    plane = pd.read_csv(run_root / "plots" / "tiny-llama" / "steering_affect.csv")
+    ax = next(a for a in built["steering_affect"]().axes if a.get_title() == "tiny-llama")
+    assert np.allclose(ax.collections[0].get_offsets(), plane[["pc1", "pc2"]].to_numpy())
+    assert [t.get_text() for t in ax.texts] == list(plane["emotion"])
 
 
 def test_missing_or_damaged_required_input_is_a_one_line_error(run_root, tmp_path):

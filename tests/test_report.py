@@ -244,8 +244,11 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
         h[:, :, :k] += 2.0 * np.eye(k)[[EMOTIONS.index(e) for e in labels]][:, None]
         return h, labels
 
+    def greedy(loaded, prompts, *args, **kwargs):                  # generation: fixed continuations
+        return ["the clerk was angry, then glad" for _ in prompts]
+
     with mock.patch.multiple(sr, setup=setup, clean_runs=clean_runs, steer=steer, against_grain=against_grain,
-                             read_activations=read_activations):
+                             read_activations=read_activations), mock.patch.object(sr.generation, "greedy", greedy):
         sr.run_stage(params, model, root / "metrics", root / "plots")
 
 

@@ -565,3 +565,26 @@ def steering_specificity(matrices: dict[str, pd.DataFrame]) -> Figure:
         fig.colorbar(image, ax=ax, shrink=0.7, label="mean change from the clean run")
     fig.suptitle("Steering specificity at the best layer and dose (diagonal: the steered emotion's own score)")
     return fig
+
+
+@styled
+def affect_plane(planes: dict[str, pd.DataFrame]) -> Figure:
+    """The eight emotion directions at the best steering layer on their first two principal components (`planes`:
+    the stage's steering_affect.csv: emotion, pc1, pc2, valence), one panel per model, each point labelled and
+    coloured by the word's published valence rating (diverging, centred on 0); PC signs are arbitrary."""
+    fig, axes = _panels(len(planes), 3.0, ncols=min(len(planes), 2))
+    limit = max(1e-3, max(float(np.abs(f["valence"]).max()) for f in planes.values()))
+    image = None
+    for ax, (model, frame) in zip(axes, planes.items()):
+        image = ax.scatter(frame["pc1"], frame["pc2"], c=frame["valence"], cmap="RdBu", vmin=-limit, vmax=limit,
+                           s=22, edgecolors="k", linewidths=0.4)
+        for row in frame.itertuples(index=False):
+            ax.annotate(row.emotion, (row.pc1, row.pc2), xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color=GREY, lw=0.6, zorder=0)
+        ax.axvline(0, color=GREY, lw=0.6, zorder=0)
+        ax.set_xlabel("PC1 of the eight d_e")
+        ax.set_ylabel("PC2")
+        ax.set_title(model)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="valence rating of the word (VADER)")
+    fig.suptitle("Emotion directions at the best steering layer: the valence-arousal plane?")
+    return fig

@@ -6,6 +6,8 @@ half-written file and an existing file survives a failure.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
 import os
@@ -39,7 +41,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _clean(value):
@@ -68,18 +70,17 @@ def write_json(path, data: dict) -> None:
 
 
 def write_csv(path, rows: list[dict], columns: list[str] | None = None) -> None:
-    """Plot CSV with a header; floats rounded like the JSON."""
+    """Plot CSV with a header; floats rounded like the JSON; text cells with commas, quotes or line breaks quoted
+    (csv.QUOTE_MINIMAL: every other cell is written as before)."""
     if not rows:
         raise ValueError(f"{path}: no rows to write")
     columns = columns or list(rows[0])
-    lines = [",".join(columns)]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
     for row in rows:
-        cells = []
-        for col in columns:
-            v = _clean(row.get(col))
-            cells.append("" if v is None else str(v))
-        lines.append(",".join(cells))
-    write_text(path, "\n".join(lines) + "\n")
+        writer.writerow(["" if (v := _clean(row.get(col))) is None else str(v) for col in columns])
+    write_text(path, out.getvalue())
 
 
 def save_npz(path, **arrays) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import affect, generation
 from .causal import InterventionSettings, clean_runs, resolve_layers
 from .config import ConfigError, Params
 from .interventions import Engine
@@ -45,6 +46,8 @@ class Setup:
     answers: AnswerSettings
     activations: Path       # <root>/<model>/<prompt>: the extraction files of the prompt the engine uses
     directions: Path        # where the directions are saved
+    generation: generation.GenerationSettings = generation.GenerationSettings()
+    affect: affect.AffectSettings = affect.AffectSettings()
 
 
 def setup(params: Params, model: str, activations="data/activations", directions=None) -> Setup:
@@ -73,9 +76,12 @@ def setup(params: Params, model: str, activations="data/activations", directions
     layers = resolve_layers(cfg.layers, loaded.n_layers, "steering.layers", cfg.layer_step)
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
     engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
+    gen = params.section("steering_generation", generation.GenerationSettings).check(loaded.n_layers,
+                                                                                      len(stimuli[cfg.set]))
+    affect_cfg = params.section("steering_affect", affect.AffectSettings)
     return Setup(model, cfg, shared, params.prompt(shared.prompt).template, stimuli, engine, readout, layers,
                  params.seed + SEED_OFFSET, answers, root,
-                 Path(directions) if directions else Path("data/steering") / model / "directions.npz")
+                 Path(directions) if directions else Path("data/steering") / model / "directions.npz", gen, affect_cfg)
 
 
 def run_steering(s: Setup):
@@ -122,8 +128,13 @@ def run_steering(s: Setup):
               for i, e in enumerate(emotions)] + [{"direction": "random", **dict(zip(emotions, spec["random"]))}]
     per = [{"emotion": e, **{k: v for k, v in summary["per_emotion"][e].items()},
             **{f"grain_{k}": v for k, v in grain["per_emotion"][e].items()}} for e in emotions]
+    metrics["generation"], text = generation.run_generation(s.engine.loaded, s.stimuli[cfg.set], directions, emotions,
+                                                           best, s.generation, n_boot, s.seed + 2)
+    metrics["affect"], plane = affect.affect(directions.directions[best["layer"]], emotions,
+                                             s.affect)
     rows = summary["rows"]
-    return metrics, rows, list(rows[0]), {"steering_specificity": matrix, "steering_emotions": per}
+    return metrics, rows, list(rows[0]), {"steering_specificity": matrix, "steering_emotions": per,
+                                          "steering_text": text, "steering_affect": plane}
 
 
 def run_stage(params: Params, model: str, metrics_dir="metrics", plots_dir="plots", activations="data/activations",

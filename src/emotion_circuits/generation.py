@@ -1,0 +1,164 @@
+"""Steered generation (issue 25 item 5): does adding d_e while the model writes make its text about e?
+
+For the first `n_texts` items of the steered (neutral) set, the text alone (no classification template), a greedy
+continuation of `max_new_tokens` tokens under three conditions per emotion e: unsteered; steered, alpha * s_l * d_e
+added to h[l] at EVERY position (prompt and generated tokens; the hook sees the prompt in the first forward pass and
+one new token per later pass of the KV cache); random, alpha * s_l * u with u a random unit direction (the same norm;
+one seeded draw per text and emotion). l and alpha: the steering grid's best cell unless params override them.
+All rows go through `model.generate` in batches (left padding, attention mask, KV cache) with one forward hook whose
+addition differs per row (the unsteered rows add zero).
+
+Per continuation: the share of its words (screen.words) whose NRC categories include e's category (NRC_CATEGORY).
+Cells are (text, emotion): means of steered, unsteered and random shares with bootstrap intervals over texts (a
+resampled text brings its eight cells), and a one-sided sign-flip p of steered minus random over cells (under H0
+d_e acts as one more random direction, so each cell's pair is exchangeable).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import stats
+from .causal import unit_directions
+from .config import ConfigError
+from .screen import load_nrc, words
+from .sites import Site, _put, _take, site_module
+
+log = logging.getLogger(__name__)
+
+# Plutchik's wheel: each intense emotion of the project (config.EMOTIONS) and its basic emotion, the NRC category.
+NRC_CATEGORY = {"rage": "anger", "grief": "sadness", "terror": "fear", "ecstasy": "joy", "loathing": "disgust",
+                "amazement": "surprise", "admiration": "trust", "vigilance": "anticipation"}
+CONDITIONS = ("unsteered", "steered", "random")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """params.yaml `steering_generation:`. n_texts: the first items of steering.set; max_new_tokens: greedy
+    continuation length; layer / dose: null = the best cell of the steering grid; batch_size: rows per generate
+    call (n_texts * (1 + 2 * 8) rows in all); n_flip: sign flips of the steered-minus-random p."""
+    n_texts: int = 4
+    max_new_tokens: int = 30
+    layer: int | None = None
+    dose: float | None = None
+    batch_size: int = 72
+    n_flip: int = 10000
+
+    def __post_init__(self):
+        for key, low in (("n_texts", 2), ("max_new_tokens", 1), ("batch_size", 1), ("n_flip", 100)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"params.yaml: steering_generation.{key}: must be at least {low}")
+        if self.dose is not None and not self.dose > 0:
+            raise ConfigError(f"params.yaml: steering_generation.dose: {self.dose!r} must be positive (or null)")
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"params.yaml: steering_generation.layer: {self.layer} must be >= 0 (or null)")
+
+    def check(self, n_layers: int, n_items: int) -> "GenerationSettings":
+        """The layer and text count against the model and the steered set (before any forward pass)."""
+        if self.layer is not None and self.layer >= n_layers:
+            raise ConfigError(f"params.yaml: steering_generation.layer: {self.layer} out of range (the model has "
+                              f"layers 0..{n_layers - 1})")
+        if self.n_texts > n_items:
+            raise ConfigError(f"params.yaml: steering_generation.n_texts: {self.n_texts} but the steered set has "
+                              f"{n_items} items")
+        return self
+
+
+@contextlib.contextmanager
+def adding(model, layer: int, vectors: torch.Tensor):
+    """Inside this block every forward pass adds `vectors (batch, d)` (row b to every position of row b) to h[layer],
+    the output of decoder block `layer`. The hook is removed however the block exits."""
+    module, index = site_module(model, Site("h", layer))
+
+    def hook(_module, _inputs, output):
+        x = _take(output, index)
+        return _put(output, index, x + vectors.to(device=x.device, dtype=x.dtype)[:, None, :])
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def greedy(loaded, texts: list[str], max_new_tokens: int, layer: int | None = None,
+           vectors: torch.Tensor | None = None, batch_size: int = 72) -> list[str]:
+    """Greedy continuations (decoded new tokens, special tokens dropped) of `texts`, in batches of `batch_size`
+    (left padding); with `layer` and `vectors (len(texts), d)`, row i adds vectors[i] at h[layer] everywhere."""
+    tok, model = loaded.tokenizer, loaded.model
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tok(texts[start:start + batch_size], return_tensors="pt", padding=True).to(loaded.device)
+        hook = adding(model, layer, vectors[start:start + batch_size]) if layer is not None else contextlib.nullcontext()
+        with torch.no_grad(), hook:
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+        out += tok.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def nrc_share(text: str, category: str, nrc: dict) -> tuple[float, int]:
+    """(share of the words of `text` whose NRC categories include `category`, number of words); 0 for no words."""
+    ws = words(text)
+    return sum(category in nrc.get(w, ()) for w in ws) / max(len(ws), 1), len(ws)
+
+
+def rows_for(texts, ids, emotions, unsteered, steered, random) -> list[dict]:
+    """One row per (text, emotion, condition): `unsteered (n_texts,)`, `steered` and `random (n_texts, k)` strings."""
+    nrc = load_nrc()
+    rows = []
+    for i, text_id in enumerate(ids):
+        for j, e in enumerate(emotions):
+            for condition, text in zip(CONDITIONS, (unsteered[i], steered[i][j], random[i][j])):
+                share, n = nrc_share(text, NRC_CATEGORY[e], nrc)
+                rows.append({"text_id": text_id, "emotion": e, "condition": condition,
+                             "continuation": " ".join(text.split()), "nrc_share": share, "n_words": n})
+    return rows
+
+
+def generation_summary(rows: list[dict], n_boot: int, n_flip: int, seed: int) -> dict:
+    """Means over (text, emotion) cells of each condition's NRC share, steered minus random and minus unsteered,
+    each with a bootstrap interval over texts; `p`: one-sided sign-flip p of steered minus random over cells."""
+    cells = sorted({(r["text_id"], r["emotion"]) for r in rows})
+    share = {(r["text_id"], r["emotion"], r["condition"]): r["nrc_share"] for r in rows}
+    values = {c: np.array([share[(*cell, c)] for cell in cells]) for c in CONDITIONS}
+    groups = np.array([t for t, _ in cells])
+    counts = stats.bootstrap_counts(groups, len(cells), n_boot, seed)
+    out = {"n_cells": len(cells), "n_texts": len(set(groups))}
+    arms = {**values, "steered_minus_random": values["steered"] - values["random"],
+            "steered_minus_unsteered": values["steered"] - values["unsteered"]}
+    for name, v in arms.items():
+        point, low, high = stats.interval(v.mean(), stats.weighted_means(v, counts))
+        out.update({name: point, f"{name}_low": low, f"{name}_high": high})
+    _, p, _ = stats.sign_flip_test(arms["steered_minus_random"][:, None], n_flip, seed + 1)
+    out["p_steered_vs_random"] = float(p[0])
+    return out
+
+
+def run_generation(loaded, stimuli, directions, emotions, best: dict, cfg: GenerationSettings, n_boot: int,
+                   seed: int) -> tuple[dict, list[dict]]:
+    """Generate the three conditions for the first `cfg.n_texts` stimuli at the chosen layer and dose; returns
+    (metrics, table rows)."""
+    layer = best["layer"] if cfg.layer is None else cfg.layer
+    dose = best["dose"] if cfg.dose is None else cfg.dose
+    items = list(stimuli)[:cfg.n_texts]
+    texts = [s.text for s in items]
+    n, k, d = len(texts), len(emotions), directions.directions.shape[-1]
+    norm = float(dose * directions.scale[layer])
+    d_e = torch.from_numpy(directions.directions[layer]) * norm                       # (k, d)
+    u = unit_directions(np.random.default_rng(seed), (n, k), d) * norm                  # (n, k, d)
+    prompts = texts + [t for t in texts for _ in range(k)] * 2
+    vectors = torch.cat([torch.zeros(n, d), d_e.repeat(n, 1), u.reshape(n * k, d)])
+    out = greedy(loaded, prompts, cfg.max_new_tokens, layer, vectors, cfg.batch_size)
+    unsteered, steered, random = out[:n], out[n:n + n * k], out[n + n * k:]
+    rows = rows_for(texts, [s.id for s in items], emotions, unsteered,
+                    [steered[i * k:(i + 1) * k] for i in range(n)], [random[i * k:(i + 1) * k] for i in range(n)])
+    metrics = {"layer": int(layer), "dose": float(dose), "max_new_tokens": cfg.max_new_tokens,
+               **generation_summary(rows, n_boot, cfg.n_flip, seed)}
+    log.info("generation at h%d dose %g: NRC share steered %.3f, unsteered %.3f, random %.3f (p %.3g)", layer, dose,
+             metrics["steered"], metrics["unsteered"], metrics["random"], metrics["p_steered_vs_random"])
+    return metrics, rows

@@ -1,0 +1,126 @@
+"""Steered generation (issue 25 item 5): a zero addition equals the unsteered continuation and the hooked run equals
+plain `model.generate`; batched (left padding) equals one by one; on a tiny model whose next token reads one planted
+direction, steering along it writes the planted token and a same-norm random direction does not (the test that can
+fail); the NRC share and the summary; one-line errors for bad params."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from emotion_circuits.config import EMOTIONS, ConfigError, parse_section
+from emotion_circuits.generation import (NRC_CATEGORY, GenerationSettings, generation_summary, greedy, nrc_share,
+                                         run_generation)
+from emotion_circuits.screen import NRC_EMOTIONS, load_nrc
+from emotion_circuits.steering import Directions
+from emotion_circuits.stimuli import Stimulus
+
+TEXTS = ["The clerk filed the form.", "A bus left the depot at noon and", "Rain."]
+
+
+def plain(loaded, text: str, n: int) -> str:
+    batch = loaded.tokenizer([text], return_tensors="pt")
+    ids = loaded.model.generate(**batch, max_new_tokens=n, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+    return loaded.tokenizer.decode(ids[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_zero_addition_equals_unsteered_and_plain_generate(tiny):
+    d = tiny.model.config.hidden_size
+    unhooked = greedy(tiny, TEXTS, 8)
+    zero = greedy(tiny, TEXTS, 8, layer=1, vectors=torch.zeros(len(TEXTS), d))
+    assert zero == unhooked
+    assert unhooked[0] == plain(tiny, TEXTS[0], 8)
+    assert [plain(tiny, t, 8) for t in TEXTS] == unhooked
+
+
+def test_batched_equals_one_by_one_under_steering(tiny):
+    d = tiny.model.config.hidden_size
+    vectors = torch.randn(len(TEXTS), d, generator=torch.Generator().manual_seed(0)) * 3
+    batched = greedy(tiny, TEXTS, 8, layer=0, vectors=vectors, batch_size=len(TEXTS))
+    single = [greedy(tiny, [t], 8, layer=0, vectors=vectors[i:i + 1])[0] for i, t in enumerate(TEXTS)]
+    assert batched == single
+    assert batched != greedy(tiny, TEXTS, 8)           # the additions do change the text
+
+
+def planted_model(seed: int = 0):
+    """Tiny Llama whose unembedding row of token 'q' is a planted unit direction v (rows of the other tokens have
+    the same norm, random directions): a state dominated by v writes 'q', one dominated by a random u does not."""
+    loaded = tiny_model("llama", seed)
+    head = loaded.model.lm_head.weight
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal(tuple(head.shape)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    q = loaded.tokenizer.convert_tokens_to_ids("q")
+    v = rows[q].copy()
+    with torch.no_grad():
+        loaded.model.lm_head.weight.copy_(torch.from_numpy(rows))
+    return loaded, v, q
+
+
+def test_steering_along_the_planted_direction_writes_the_planted_token_and_random_does_not():
+    loaded, v, q = planted_model()
+    last, n_tok = loaded.model.config.num_hidden_layers - 1, 12
+    texts = TEXTS * 4
+    steered = greedy(loaded, texts, n_tok, last, torch.from_numpy(v).repeat(len(texts), 1) * 500)
+    assert all(t == "q" * n_tok for t in steered)
+    rng = np.random.default_rng(1)
+    u = rng.standard_normal((len(texts), len(v))).astype(np.float32)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    random = greedy(loaded, texts, n_tok, last, torch.from_numpy(u) * 500)
+    assert sum(t.count("q") for t in random) / (len(texts) * n_tok) < 0.1
+    unsteered = greedy(loaded, texts, n_tok)
+    assert sum(t.count("q") for t in unsteered) / (len(texts) * n_tok) < 0.1
+
+
+def test_run_generation_rows_and_metrics_with_the_planted_direction():
+    loaded, v, _ = planted_model()
+    k, d, L = len(EMOTIONS), len(v), loaded.model.config.num_hidden_layers
+    dirs = np.zeros((L, k, d), np.float32)
+    dirs[:, :] = v
+    directions = Directions(EMOTIONS, dirs, np.full(L, 100.0, np.float32), np.zeros((L, k)))
+    items = [Stimulus(f"n-{i}", "N", "neutral", t) for i, t in enumerate(TEXTS)]
+    cfg = GenerationSettings(n_texts=2, max_new_tokens=4, n_flip=200)
+    metrics, rows = run_generation(loaded, items, directions, EMOTIONS, {"layer": L - 1, "dose": 5.0}, cfg, 200, 0)
+    assert len(rows) == 2 * k * 3 and {r["condition"] for r in rows} == {"unsteered", "steered", "random"}
+    assert all(r["continuation"] == "qqqq" for r in rows if r["condition"] == "steered")
+    assert metrics["layer"] == L - 1 and metrics["dose"] == 5.0 and metrics["n_cells"] == 2 * k
+    unsteered = [r["continuation"] for r in rows if r["condition"] == "unsteered"]
+    assert unsteered[:k] == [greedy(loaded, [TEXTS[0]], 4)[0]] * k
+
+
+def test_nrc_mapping_and_share():
+    nrc = load_nrc()
+    assert set(NRC_CATEGORY) == set(EMOTIONS) and set(NRC_CATEGORY.values()) == set(NRC_EMOTIONS)
+    assert "anger" in nrc["furious"]
+    share, n = nrc_share("He was furious, the clerk", "anger", nrc)
+    assert n == 5 and share == pytest.approx(1 / 5)
+    assert nrc_share("", "anger", nrc) == (0.0, 0)
+
+
+def test_summary_intervals_resample_texts_and_the_p_separates_steered_from_random():
+    rng = np.random.default_rng(0)
+    rows = []
+    for t in range(6):
+        for e in EMOTIONS:
+            for c, share in (("unsteered", 0.0), ("steered", 0.2 + 0.05 * rng.random()), ("random", 0.0)):
+                rows.append({"text_id": f"t{t}", "emotion": e, "condition": c, "nrc_share": share})
+    out = generation_summary(rows, 500, 1000, 0)
+    assert out["n_cells"] == 48 and out["n_texts"] == 6
+    assert out["steered_low"] <= out["steered"] <= out["steered_high"] and out["steered_low"] > 0.19
+    assert out["p_steered_vs_random"] < 0.01
+    for r in rows:                                            # null: steered and random exchangeable
+        if r["condition"] != "unsteered":
+            r["nrc_share"] = rng.random()
+    assert generation_summary(rows, 500, 1000, 0)["p_steered_vs_random"] > 0.01
+
+
+@pytest.mark.parametrize("raw, key", [({"n_texts": 1}, "n_texts"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                                      ({"dose": 0}, "dose"), ({"layer": -1}, "layer"), ({"batch_size": 0}, "batch_size"),
+                                      ({"n_flip": 3}, "n_flip"), ({"bogus": 1}, "bogus")])
+def test_bad_params_give_one_line_errors(raw, key):
+    with pytest.raises(ConfigError, match=f"steering_generation.{key}") as err:
+        parse_section(raw, GenerationSettings, "steering_generation")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="steering_generation.layer: 30 out of range"):
+        GenerationSettings(layer=30).check(30, 10)
+    with pytest.raises(ConfigError, match="steering_generation.n_texts"):
+        GenerationSettings(n_texts=5).check(30, 4)
