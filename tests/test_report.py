@@ -215,7 +215,7 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
         return sr.Setup(model, cfg, params.section("interventions", causal.InterventionSettings), "", items, engine,
                         readout, layers, seed, None, root / "act" / model, root / "steering" / model / "directions.npz")
 
-    def clean_runs(engine, tokenizer, template, stimuli, answers, desc=None):
+    def clean_runs(engine, tokenizer, template, stimuli, answers, positions=False, desc=None):
         raw = torch.from_numpy(rng.normal(size=(len(stimuli), k)) - 4).float()
         log_probs = causal.calibrate(raw, torch.zeros(k))
         return causal.Clean([], raw, torch.zeros(k), log_probs, readout.top1(log_probs),
@@ -225,7 +225,7 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
         depth = (np.asarray(layers) + 1) / n_layers
         return 6 * np.clip(depth * 1.5 - 0.5, 0, 1)[:, None] * np.asarray(doses)[None, :]   # (n_layers, n_doses)
 
-    def steer(engine, readout, clean, directions, layers, doses, n_random, seed):
+    def steer(engine, readout, clean, directions, layers, doses, n_random, seed, positions=None):
         n = len(clean.labels)
         base = clean.log_probs.numpy()[:, None, None, None, :]
         lift = effect(layers, doses)[None, :, :, None, None] * np.eye(k)[None, None, None]
@@ -233,7 +233,7 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
         random = base + 0.3 * rng.normal(size=(n, len(layers), len(doses), n_random, k))
         return st.SteeringResult(list(layers), list(doses), clean.log_probs.numpy(), noisy, random)
 
-    def against_grain(engine, readout, clean, directions, layer, dose, n_random, seed):
+    def against_grain(engine, readout, clean, directions, layer, dose, n_random, seed, positions=None):
         r = steer(engine, readout, clean, directions, [layer], [dose], n_random, seed)
         own = np.array([EMOTIONS.index(e) for e in clean.labels])
         return st.GrainResult(layer, dose, own, r.clean, r.steer[:, 0, 0], r.random[:, 0, 0])
