@@ -32,7 +32,8 @@ class SteeringSettings:
     against their own emotion, n_grain of them (emotions in turn); fit_set: the directions' set (never a steered
     one); denoise_set / denoise_k: project the top k principal components of that set's activations out of every
     direction (0: off); layers / layer_step: as for patching; doses: alpha values (multiples of the layer's median
-    norm); n_random: same-norm random directions per item and layer."""
+    norm); n_random: same-norm random directions per item and layer; ablation: the `steering.ablation:` sub-section
+    (`ablation.AblationSettings`)."""
     set: str = "N"
     n_items: int = 32
     grain_set: str = "B"
@@ -44,6 +45,7 @@ class SteeringSettings:
     layer_step: int = 3
     doses: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     n_random: int = 2
+    ablation: dict[str, object] | None = None
 
     def __post_init__(self):
         if not self.doses:
