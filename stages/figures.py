@@ -28,7 +28,10 @@ INTERVENTIONS = (
                                          "control_kl", "control_kl_low", "control_kl_high", "kl_critical"),
      F.knockout_layers),
     ("heads", "heads.csv", ("layer", "head", "rank_drop", "survives"), F.heads_heatmap),
-    ("positions", "positions.csv", ("layer", "bin", "recovery", "recovery_low"), F.positions_heatmap))
+    ("positions", "positions.csv", ("layer", "bin", "recovery", "recovery_low"), F.positions_heatmap),
+    ("steering_ablation", "steering_ablation.csv", ("ablation_layer", "layer", "depth", "drop", "drop_low", "drop_high",
+                                                    "random_drop", "random_drop_low", "random_drop_high"),
+     F.ablation_drop))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:

@@ -158,4 +158,26 @@ def test_bad_ablation_params_are_one_line_errors():
     for raw, key in ((dict(n_folds=1), "n_folds"), (dict(n_random=0), "n_random"), (dict(bogus=1), "bogus")):
         with pytest.raises(ConfigError, match=key):
             AblationSettings.parse(raw)
-    assert AblationSettings.parse(None).validate(stimuli, 8, "A", n_layers=30) == [10, 20]
+    assert AblationSettings.parse(None).validate(stimuli, 8, "A", n_layers=30) == [15]
+
+
+def test_ablation_figure_draws_the_drop_and_its_control_per_ablation_layer():
+    import pandas as pd
+    from emotion_circuits import figures as F
+    rng = np.random.default_rng(0)
+    rows = []
+    for layer in (1, 3):
+        for j in range(layer, 6):
+            drop, rnd = rng.uniform(0, 0.3, 2)
+            rows.append({"ablation_layer": layer, "layer": j, "depth": (j + 1) / 6, "drop": drop, "drop_low": drop - .1,
+                         "drop_high": drop + .1, "random_drop": rnd, "random_drop_low": rnd - .1,
+                         "random_drop_high": rnd + .1})
+    frame = pd.DataFrame(rows)
+    fig = F.ablation_drop({"tiny-a": frame, "tiny-b": frame})
+    ax = fig.axes[0]
+    assert ax.get_title() == "tiny-a"
+    lines = [np.asarray(line.get_ydata(), float) for line in ax.get_lines()]
+    for layer in (1, 3):
+        part = frame[frame["ablation_layer"] == layer].sort_values("depth")
+        for column in ("drop", "random_drop"):
+            assert any(y.shape == (len(part),) and np.allclose(y, part[column]) for y in lines), (layer, column)

@@ -44,13 +44,13 @@ N_MC = 16         # Monte Carlo draws per q in the norm matching (common to ever
 @dataclass(frozen=True)
 class AblationSettings:
     """params.yaml `steering.ablation:`. set: the ablated set, a balanced subset of n_items (emotions in turn);
-    layers: ablation layers (null: n_layers // 3 and 2 * n_layers // 3, early and middle depth with later layers
-    to read); n_random: matched random subspaces per ablation layer; n_folds: stratified folds of the refit probe;
+    layers: ablation layers (null: n_layers // 2, the middle, with half the layers left to read); n_random:
+    matched random subspaces per ablation layer; n_folds: stratified folds of the refit probe;
     alpha: its ridge penalty (times trace(K) / n, as `stats.ridge_hats`)."""
     set: str = "B"
-    n_items: int = 96
+    n_items: int = 32
     layers: tuple[int, ...] | None = None
-    n_random: int = 2
+    n_random: int = 1
     n_folds: int = 4
     alpha: float = 1.0
 
@@ -81,7 +81,7 @@ class AblationSettings:
                               f"n_folds ({self.n_folds}) items of each of the {n_emotions} emotions")
         if n_layers is None:
             return None
-        layers = [n_layers // 3, 2 * n_layers // 3] if self.layers is None else \
+        layers = [n_layers // 2] if self.layers is None else \
             resolve_layers(self.layers, n_layers, "steering.ablation.layers")
         if max(layers) >= n_layers - 1:
             raise ConfigError(f"params.yaml: steering.ablation.layers: layer {max(layers)} has no later layer to read "
