@@ -32,7 +32,10 @@ INTERVENTIONS = (
     ("steering_dose", "steering.csv", ("layer", "dose", "depth", "share", "share_low", "share_high", "random_share"),
      F.steering_dose),
     ("steering_specificity", "steering_specificity.csv", ("direction",) + EMOTIONS, F.steering_specificity),
-    ("steering_affect", "steering_affect.csv", ("emotion", "pc1", "pc2", "valence"), F.affect_plane))
+    ("steering_affect", "steering_affect.csv", ("emotion", "pc1", "pc2", "valence"), F.affect_plane),
+    ("steering_ablation", "steering_ablation.csv", ("ablation_layer", "layer", "depth", "drop", "drop_low", "drop_high",
+                                                    "random_drop", "random_drop_low", "random_drop_high"),
+     F.ablation_drop))
 
 
 def text_only(stimuli: dict | None, task: str) -> dict[str, float] | None:

@@ -588,3 +588,31 @@ def affect_plane(planes: dict[str, pd.DataFrame]) -> Figure:
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="valence rating of the word (VADER)")
     fig.suptitle("Emotion directions at the best steering layer: the valence-arousal plane?")
     return fig
+
+
+ABLATION_COLORS = SERIES   # one per ablation layer
+
+
+@styled
+def ablation_drop(rows: dict[str, pd.DataFrame]) -> Figure:
+    """Directional ablation (`rows`: the steering stage's steering_ablation.csv): the drop of the refit 8-class
+    probe's AUROC (clean - ablated) when the emotion subspace is projected out of h[l] at every position, against
+    the relative depth of the read layer, one panel per model, one colour per ablation layer l (a vertical tick at
+    l) with its 95% bootstrap interval; dotted: the drop under the random subspaces of the same rank and matched
+    removed norm. 0 (grey): nothing removed."""
+    fig, axes = _panels(len(rows), 2.6 if len(rows) > 1 else 3.6)
+    handles = []
+    for ax, (model, frame) in zip(axes, rows.items()):
+        ax.axhline(0, color=GREY, lw=0.8, zorder=0)
+        for i, (layer, part) in enumerate(frame.groupby("ablation_layer", sort=True)):
+            color = ABLATION_COLORS[i % len(ABLATION_COLORS)]
+            _band(ax, part, "drop", color, marker="o")
+            _band(ax, part, "random_drop", color, ls=":", alpha=0.08)
+            ax.axvline(part["depth"].min(), color=color, lw=0.8, ls=(0, (2, 3)), zorder=0)
+            if len(handles) <= i:
+                handles.append(Line2D([], [], color=color, lw=4, alpha=0.6, label=f"ablated at h[l], l #{i + 1}"))
+        _depth_axes(ax, model, "AUROC drop (clean - ablated)")
+    handles += [Line2D([], [], color="k", ls=":", label="random subspace, same rank, matched removed norm")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3 if len(rows) > 1 else 1, frameon=False)
+    fig.suptitle("Projecting the emotion subspace out: refit-probe AUROC drop at later layers")
+    return fig

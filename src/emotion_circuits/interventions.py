@@ -64,6 +64,9 @@ def _compile(model, groups: Sequence[Group], column_of) -> dict[tuple, list]:
         count: dict[tuple, int] = defaultdict(int)
         for iv in group:
             iv.site.check(n_layers)
+            if iv.op == "project":
+                raise SiteError(f"intervention project at {iv.site}: acts at every position; run it with "
+                                "sites.hooked around Engine.prepare (as ablation.py does), not in Engine.run groups")
             if iv.head is not None and not 0 <= iv.head < cfg.num_attention_heads:
                 raise SiteError(f"head {iv.head} at {iv.site}: out of range (0..{cfg.num_attention_heads - 1})")
             key = (iv.site.kind, iv.site.layer, iv.head)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 KINDS = ("h", "a", "m")
-OPS = ("set", "add", "zero", "random", "shift")
+OPS = ("set", "add", "zero", "random", "shift", "project")
 TRANSFORMER_LENS = {"hook_resid_post": "h", "hook_attn_out": "a", "hook_mlp_out": "m"}   # hook name -> site kind
 
 
@@ -62,8 +62,9 @@ class Intervention:
     """Change one site at one token position of every sequence in the batch.
 
     op: set (value), add (value), zero, random (value is a unit direction; the site keeps its norm), shift (value is
-    a unit direction u; the site moves to x + ||x|| u, the same displacement norm as zeroing it: its matched control).
-    value: `(d_model,)` or `(batch, d_model)`. head: with kind 'a', act on that attention head only (its slice of
+    a unit direction u; the site moves to x + ||x|| u, the same displacement norm as zeroing it: its matched control),
+    project (value is an orthonormal basis B `(r, d_model)`, r >= 0; x -> x - (x B^T) B at EVERY position of the
+    sequence, `position` ignored: directional ablation). value: `(d_model,)` or `(batch, d_model)`. head: with kind 'a', act on that attention head only (its slice of
     the input to the output projection), which is how single heads are ablated.
     """
     site: Site
@@ -77,8 +78,23 @@ class Intervention:
             raise SiteError(f"intervention op {self.op!r}: expected one of {', '.join(OPS)}")
         if self.op in ("set", "add", "random", "shift") and self.value is None:
             raise SiteError(f"intervention {self.op} at {self.site}: needs a value")
+        if self.op == "project":
+            check_basis(self.value, f"intervention project at {self.site}")
         if self.head is not None and self.site.kind != "a":
             raise SiteError(f"intervention on head {self.head} at {self.site}: heads belong to site kind 'a'")
+
+
+def check_basis(basis, where: str, tol: float = 1e-4) -> None:
+    """A projection basis must be a finite `(r, d)` tensor with orthonormal rows (B B^T = I within `tol`)."""
+    if not isinstance(basis, torch.Tensor) or basis.ndim != 2:
+        raise SiteError(f"{where}: the basis must be a 2-D tensor (r, d_model), got "
+                        f"{getattr(basis, 'shape', type(basis).__name__)}")
+    if not torch.isfinite(basis).all():
+        raise SiteError(f"{where}: the basis has non-finite values")
+    gram = basis.double() @ basis.double().T
+    if len(basis) and (gram - torch.eye(len(basis), dtype=gram.dtype)).abs().max() > tol:
+        raise SiteError(f"{where}: the basis rows are not orthonormal (max |B B^T - I| "
+                        f"{(gram - torch.eye(len(basis), dtype=gram.dtype)).abs().max():.2g})")
 
 
 # Per architecture: module name (relative to a decoder layer) for a and m, and which element of its output is the
@@ -141,8 +157,17 @@ def at_position(x: torch.Tensor, position) -> torch.Tensor:
 
 
 def _apply(x: torch.Tensor, iv: Intervention, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
-    """Return a copy of `x (batch, seq, features)` with the intervention applied at its position (features lo:hi)."""
+    """Return a copy of `x (batch, seq, features)` with the intervention applied at its position (features lo:hi;
+    project: at every position)."""
     x = x.clone()
+    if iv.op == "project":
+        basis = iv.value.to(device=x.device, dtype=x.dtype)
+        part = x[..., lo:hi]
+        if basis.shape[1] != part.shape[-1]:
+            raise SiteError(f"intervention project at {iv.site}: the basis has {basis.shape[1]} columns, the site "
+                            f"has {part.shape[-1]} features")
+        x[..., lo:hi] = part - (part @ basis.T) @ basis
+        return x
     pos = iv.position
     target = x[:, pos, lo:hi]
     if iv.op == "zero":

@@ -40,7 +40,8 @@ class SteeringSettings:
     direction (0: off); layers / layer_step: as for patching; doses: alpha values (multiples of the layer's median
     norm); n_random: same-norm random directions per item and layer; where: `last` adds at the extraction position,
     `text` at every token of the stimulus text instead (the answer then hears it only through attention);
-    directions: `mean_difference` or `probe` (the 8-class probe's weights, `probe_directions`, with probe_C)."""
+    directions: `mean_difference` or `probe` (the 8-class probe's weights, `probe_directions`, with probe_C); ablation: the
+    `steering.ablation:` sub-section (`ablation.AblationSettings`)."""
     set: str = "N"
     n_items: int = 24
     grain_set: str = "B"
@@ -55,6 +56,7 @@ class SteeringSettings:
     where: str = "last"
     directions: str = "mean_difference"
     probe_C: float = 1.0
+    ablation: dict[str, object] | None = None
 
 
     def __post_init__(self):

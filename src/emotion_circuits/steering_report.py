@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import affect, generation
+from .ablation import AblationSettings, run_ablation
 from .causal import InterventionSettings, clean_runs, resolve_layers
 from .config import ConfigError, Params
 from .interventions import Engine
@@ -71,9 +72,12 @@ def setup(params: Params, model: str, activations="data/activations", directions
         if not (root / f"{name}.npz").exists():
             raise DataError(f"{root / f'{name}.npz'}: not found (the steering directions need the extract stage's "
                               f"activations of set {name} with prompt {shared.prompt})")
-    stimuli = {name: load_stimuli(params.stimulus_file(name), name) for name in (cfg.set, cfg.grain_set)}
+    ablation = AblationSettings.parse(cfg.ablation)
+    ablation.validate(params.stimuli, len(params.emotions), cfg.fit_set)
+    stimuli = {name: load_stimuli(params.stimulus_file(name), name) for name in (cfg.set, cfg.grain_set, ablation.set)}
     loaded = load_model(model, params)
     layers = resolve_layers(cfg.layers, loaded.n_layers, "steering.layers", cfg.layer_step)
+    ablation.validate(params.stimuli, len(params.emotions), cfg.fit_set, loaded.n_layers)
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
     engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
     gen = params.section("steering_generation", generation.GenerationSettings).check(loaded.n_layers,
@@ -133,8 +137,9 @@ def run_steering(s: Setup):
     metrics["affect"], plane = affect.affect(directions.directions[best["layer"]], emotions,
                                              s.affect)
     rows = summary["rows"]
+    metrics["ablation"], ablation_tables = run_ablation(s, h, labels)
     return metrics, rows, list(rows[0]), {"steering_specificity": matrix, "steering_emotions": per,
-                                          "steering_text": text, "steering_affect": plane}
+                                          "steering_text": text, "steering_affect": plane, **ablation_tables}
 
 
 def run_stage(params: Params, model: str, metrics_dir="metrics", plots_dir="plots", activations="data/activations",
