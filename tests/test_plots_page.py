@@ -43,12 +43,14 @@ PATCHING = "layer,h,a,m,h_control,a_control,m_control,baseline\n" + "".join(
 KNOCKOUT = "layer,a_zero,a_zero_control,a_mean,a_mean_control,m_zero,m_zero_control,m_mean,m_mean_control\n" + "".join(
     f"{i},{0.1 * i},0.01,{0.01 * i},0.001,{0.05 * i},0.02,0.002,0.001\n" for i in range(4))
 CONFUSION = "id,actual,predicted\n" + "".join(f"x{i},{'ab'[i % 2]},{'ab'[i % 3 % 2]}\n" for i in range(6))
+POSITIONS = "layer,position,recovery,recovery_low,recovery_high\n" + "".join(
+    f"{layer},{p},{0.1 * layer + p},{0.1 * layer + p - 0.1},{0.1 * layer + p + 0.1}\n" for layer in (1, 2) for p in (0.1, 0.5))
 CKA = "layer,cka\n" + "".join(f"{i},{0.2 * i}\n" for i in range(4))
 FILES = {
     **{f"plots/tiny-a/probes/layers/{task}.csv": layers_csv(True) for task in ("b_vs_n", "set_a", "set_b", "transfer")},
     "plots/tiny-a/probes/layers/zero_shot.set_a.csv": layers_csv(False),
     "plots/tiny-b/probes/layers/set_a.csv": layers_csv(True),
-    "plots/tiny-a/patching.csv": PATCHING, "plots/tiny-a/knockout.csv": KNOCKOUT,
+    "plots/tiny-a/patching.csv": PATCHING, "plots/tiny-a/knockout.csv": KNOCKOUT, "plots/tiny-a/positions.csv": POSITIONS,
     "plots/tiny-a/probes/confusion/set_a_h.csv": CONFUSION, "plots/cka.csv": CKA,
 }
 # Declared out of order on purpose: the page, not dvc.yaml, puts the headline plots first and models before the
@@ -67,6 +69,10 @@ plots:
       template: confusion
       x: actual
       y: predicted
+  - plots/tiny-a/positions.csv:
+      template: by_layer
+      x: position
+      y: recovery
   - plots/tiny-a/knockout.csv:
       template: knockout
       x: layer
@@ -82,13 +88,13 @@ plots:
       y: h
   - figures/wide.png
 """
-N_VEGA = 10
+N_VEGA = 11
 HEADLINE_PROBES = ["plots_tiny-b_probes_layers_set_a_csv", "plots_tiny-a_probes_layers_set_a_csv",
                    "plots_tiny-a_probes_layers_set_b_csv", "plots_tiny-a_probes_layers_transfer_csv",
                    "plots_tiny-a_probes_layers_b_vs_n_csv"]
 EXPECTED_ORDER = [*HEADLINE_PROBES, "plots_tiny-a_patching_csv", "plots_tiny-a_knockout_csv",
                   "plots_tiny-a_probes_layers_zero_shot_set_a_csv", "plots_tiny-a_probes_confusion_set_a_h_csv",
-                  "plots_cka_csv"]
+                  "plots_tiny-a_positions_csv", "plots_cka_csv"]
 BAND = "grey band: permutation null, mean to 95th percentile; dashed: chance"
 TITLES = {
     "plots_tiny-a_probes_layers_set_b_csv": ["tiny-a: Set B, emotions (one-vs-rest AUROC), by layer", BAND],
@@ -100,7 +106,7 @@ TITLES = {
         "no permutation null for this variant; dashed: chance"],
     "plots_tiny-a_patching_csv": ["tiny-a: patching, recovery by layer", "faint: control"],
     "plots_tiny-a_probes_confusion_set_a_h_csv": [
-        "tiny-a: Confusion matrix at the peak layer, Set A, emotions, site h (residual)", ""],
+        "tiny-a: Set A, emotions, site h (residual): confusion at the peak layer", ""],
 }
 OKABE_ITO = {"#0072B2", "#D55E00", "#009E73"}  # figures.SITE_COLORS h, a, m
 REQUIRE = os.environ.get("EMOTION_CIRCUITS_REQUIRE_BROWSER") == "1"  # set by .ci/run: CI must not skip
@@ -210,7 +216,8 @@ def test_headline_plots_first_per_model_then_details_and_images_fit(offline_page
     assert report.values[ORDER_JS] == EXPECTED_ORDER
     assert report.values[HEADINGS_JS] == ["tiny-b", "Headline", "tiny-a", "Headline",
                                           "Probes: zero-shot prompt and random-init control",
-                                          "Probes: confusion matrices at the peak layer", "Across models", "Figures"]
+                                          "Probes: confusion matrices at the peak layer", "Causal: positions and heads",
+                                          "Across models", "Figures"]
     natural, shown, viewport, page_width = report.values[IMAGE_JS]
     assert natural == 3000 and shown <= viewport and page_width <= viewport  # scaled down, no horizontal scroll
 
@@ -237,6 +244,9 @@ def test_headline_probe_plots_draw_null_band_chance_and_site_colours(offline_pag
         assert curves["type"] == "line" and set(curves["strokes"]) == OKABE_ITO and curves["n"] == 3 * 4, plot
     variant = marks["plots_tiny-a_probes_layers_zero_shot_set_a_csv"]  # empty null cells: no band, still chance
     assert variant.get("null_band_marks", {"n": 0})["n"] == 0 and variant["chance_marks"]["n"] == 1
+    positions = marks["plots_tiny-a_positions_csv"]  # by_layer: a line and an interval band per patched layer
+    assert positions["interval_marks"]["n"] == 4 and positions["lines_marks"]["n"] == 4
+    assert positions["interval_marks"]["datum"]["low"] < positions["interval_marks"]["datum"]["high"]
     for plot in ("plots_tiny-a_patching_csv", "plots_tiny-a_knockout_csv"):  # a colour per site there too
         strokes = {s for mark in marks[plot].values() for s in mark["strokes"]}
         assert OKABE_ITO - {"#0072B2"} <= strokes and strokes <= OKABE_ITO | {"#7f7f7f"}, plot
