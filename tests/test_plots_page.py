@@ -2,7 +2,7 @@
 confusion matrix in per-model folders, one across-model CSV, one wide PNG) rendered with the project's page template
 (docs/plots/template.html) and curve templates (.dvc/plots/*.json) must show every plot with no script error and no
 network request; each model's headline plots first (8-class A, B, transfer, B vs N, patching, knockout), then the
-detailed ones, then across models, then figures; every title in words; every headline probe plot with its
+detailed ones (folded sections), then across models, then figures; every title in words; every headline probe plot with its
 permutation null band (an area between the null mean and 95th percentile) and chance as a rule at 0.5, one
 Okabe-Ito colour per site; no band where the null cells are empty. The same check on DVC's default page (vega from
 a CDN) must find nothing rendered: it is what users without internet got before. Screenshots are written under the
@@ -106,7 +106,7 @@ TITLES = {
         "no permutation null for this variant; dashed: chance"],
     "plots_tiny-a_patching_csv": ["tiny-a: patching, recovery by layer", "faint: control"],
     "plots_tiny-a_probes_confusion_set_a_h_csv": [
-        "tiny-a: Set A, emotions, site h (residual): confusion at the peak layer", ""],
+        "tiny-a: Set A, site h (residual)", ""],
 }
 OKABE_ITO = {"#0072B2", "#D55E00", "#009E73"}  # figures.SITE_COLORS h, a, m
 REQUIRE = os.environ.get("EMOTION_CIRCUITS_REQUIRE_BROWSER") == "1"  # set by .ci/run: CI must not skip
@@ -163,6 +163,8 @@ HEADINGS_JS = "Array.from(document.querySelectorAll('main h2, main h3')).map(h =
 IMAGE_JS = ("(() => { const i = document.querySelector('img'); return [i.naturalWidth, "
             "i.getBoundingClientRect().width, document.documentElement.clientWidth, "
             "document.documentElement.scrollWidth]; })()")
+DETAILS_JS = ("Array.from(document.querySelectorAll('details.more')).map(d => "
+              "[d.querySelector('h3').textContent, d.open, d.querySelectorAll('.vega-embed').length])")
 TITLES_JS = ("Object.fromEntries(Object.entries(window.plotSpecs).map(([id, s]) => "
              "[id, typeof s.title === 'string' ? [s.title, ''] : [s.title.text, s.title.subtitle || '']]))")
 # What each rendered view drew, read from its scenegraph: per named mark (vega-lite's `<layer name>_marks`), the
@@ -197,7 +199,7 @@ def offline_page(tmp_path_factory):
     root = tmp_path_factory.mktemp("plots-page")
     index = fixture_project(root, template=True)
     report = browser.open_page(index, root / "page.png", N_VEGA,
-                               evaluate=(ORDER_JS, HEADINGS_JS, IMAGE_JS, TITLES_JS, MARKS_JS))
+                               evaluate=(ORDER_JS, HEADINGS_JS, IMAGE_JS, TITLES_JS, MARKS_JS, DETAILS_JS))
     print(f"\n[plots] project template: {report.views} views of {N_VEGA}, errors {report.errors}, "
           f"requests {report.requests}; screenshot {root / 'page.png'}")
     return index, report, root / "page.png"
@@ -218,6 +220,9 @@ def test_headline_plots_first_per_model_then_details_and_images_fit(offline_page
                                           "Probes: zero-shot prompt and random-init control",
                                           "Probes: confusion matrices at the peak layer", "Causal: positions and heads",
                                           "Across models", "Figures"]
+    assert report.values[DETAILS_JS] == [  # the detailed sections folded, the headline ones open
+        ["Probes: zero-shot prompt and random-init control", False, 1],
+        ["Probes: confusion matrices at the peak layer", False, 1], ["Causal: positions and heads", False, 1]]
     natural, shown, viewport, page_width = report.values[IMAGE_JS]
     assert natural == 3000 and shown <= viewport and page_width <= viewport  # scaled down, no horizontal scroll
 
