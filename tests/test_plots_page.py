@@ -102,7 +102,7 @@ TITLES = {
         "tiny-a: Transfer A\u2192B (probe fit on Set A, scored on Set B), by layer", BAND],
     "plots_tiny-a_probes_layers_b_vs_n_csv": ["tiny-a: Set B vs Set N (emotional vs neutral twin), by layer", BAND],
     "plots_tiny-a_probes_layers_zero_shot_set_a_csv": [
-        "tiny-a: Zero-shot prompt: Set A, emotions (one-vs-rest AUROC), by layer",
+        "tiny-a: Zero-shot prompt: Set A, AUROC by layer",
         "no permutation null for this variant; dashed: chance"],
     "plots_tiny-a_patching_csv": ["tiny-a: patching, recovery by layer", "faint: control"],
     "plots_tiny-a_probes_confusion_set_a_h_csv": [
