@@ -45,7 +45,7 @@ _WORD = re.compile(r"[a-z]+")           # the same word definition as attention.
 MAX_LISTED = 25                         # violations named in the one-line error before "... and k more"
 DISPLAY_CUES = "display_cues"           # the lexicon section of display cues (not emotion words)
 POLICIES = ("warn", "fail")
-SKEW_MIN_ITEMS = 3                      # word-skew report: a word in at least this many items of one emotion ...
+SKEW_MIN_ITEMS = 3                      # word skew: a word in at least this many items of one emotion, none of another
 
 
 class ScreenError(ValueError):
