@@ -105,7 +105,7 @@ def test_baselines_run_on_the_probes_own_folds_and_repeats(twins):
     expected = {}
     for name in ("set_a", "set_b", "b_vs_n"):                    # Sets A and B: same labels, same seed, same folds
         expected[len(tasks[name].y)] = [[t.tolist() for _, t in tasks[name].folds[r]] for r in repeats]
-    methods = 4                                                  # length, polarity, bow, tfidf (no embeddings)
+    methods = 5                                                  # length, polarity, bow, style, tfidf (no embeddings)
     assert len(calls) == 3 * methods * len(repeats)
     for start in range(0, len(calls), len(repeats)):             # one job per (task, method), repeats in order
         batch = calls[start:start + len(repeats)]

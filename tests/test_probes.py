@@ -18,6 +18,7 @@ from emotion_circuits import fastprobe, stats
 from emotion_circuits.config import EMOTIONS, ConfigError, load_params, parse_section
 from emotion_circuits.io import DataError, save_npz
 from emotion_circuits.probes import (ProbeSettings, Task, domain_held_out, load_set, mdl_order, nested_job,
+                                     script_folds, script_held_out,
                                      online_codelength, random_init_of, ridge_null, run_probes, settings_from,
                                      write_outputs)
 
@@ -63,12 +64,13 @@ def separable(tmp_path_factory):
 
 
 def make_items(domains: bool = True) -> dict[str, dict]:
-    """Stimulus objects for the synthetic ids: B/N twins linked by `pair`, texts, and optional domains."""
+    """Stimulus objects for the synthetic ids: B/N twins linked by `pair`, texts, and optional domains and (with
+    them) situation scripts."""
     items = {}
     for s in "ABNC":
         for i in range(8 * PER_CLASS if s != "C" else 8):
             item = {"id": f"{s.lower()}-{i:02d}", "set": s, "text": f"word{i % 7} thing{i % 3} text number {i}",
-                    **({"domain": f"d{i % 3}"} if domains else {})}
+                    **({"domain": f"d{i % 3}", "script": f"s{i % 6}"} if domains else {})}
             if s in "BN":
                 item["pair"] = f"{'n' if s == 'B' else 'b'}-{i:02d}"
             items[item["id"]] = item
@@ -273,12 +275,15 @@ def test_controls_nested_baselines_and_mdl_on_separable_data(separable):
             assert t[site]["margins"][t["best_baseline"]]["margin"] == t[site]["margin"]
             assert ("peak_margin_optimistic" in t[site]) == (task != "transfer")
             assert t["baseline_repeats"] == ("none (fit on Set A)" if task == "transfer" else "1")  # not repeat 0
-    assert set(m["set_b"]["baselines"]) == {"length", "polarity", "bow", "tfidf"}   # no embeddings given
+    assert set(m["set_b"]["baselines"]) == {"length", "polarity", "bow", "style", "tfidf"}   # no embeddings given
     for task in ("set_a", "set_b"):
         assert m[task]["ridge_agreement"]["corr"] > 0.9
         trained, control = m["mdl"][task]["compression"], m["random_init"]["mdl"][task]["compression"]
         assert trained > 1.2 and control < 1.05, (trained, control)   # 48 items: the first blocks cost most
     assert len(result.domains) == N_LAYERS and m["domain_held_out"]["set_b"]["h"]["n_domains"] == 3
+    held = m["script_held_out"]["set_b"]["h"]
+    assert held["n_scripts"] == 6 and held["n_folds"] == FAST.folds and held["layer"] == m["set_b"]["h"]["peak_layer"]
+    assert held["low"] <= held["auroc"] <= held["high"]
 
 
 def noise_layers(n_layers=10, n=48, d=8, seed=0):
@@ -351,7 +356,8 @@ def test_without_domains_or_items_the_optional_parts_are_skipped(tmp_path, caplo
                              tfidf_C=(1.0,))
     result = run_probes(tmp_path / "m", settings, items=make_items(domains=False))
     assert "domain_held_out" not in result.metrics and not result.domains
-    assert "carry no `domain`" in caplog.text
+    assert "carry no `domain`" in caplog.text and "carry no `script`" in caplog.text
+    assert "script_held_out" not in result.metrics
     bare = run_probes(tmp_path / "m", settings)
     assert "baselines" not in bare.metrics["set_b"] and "ungrouped" not in caplog.text
     assert "B-vs-N splits are not grouped" in caplog.text
@@ -449,3 +455,29 @@ def test_domain_held_out_reports_each_domain_and_resamples_domains():
     assert out["domain_min"] == min(per.values()) and out["domain_sd"] == pytest.approx(np.std(list(per.values()), ddof=1))
     items = stats.bootstrap_auroc(y, stats.cv_proba(X, y, list(LeaveOneGroupOut().split(X, y, domains))), 300, 2)
     assert out["auroc"] == pytest.approx(items[0]) and out["high"] - out["low"] > items[2] - items[1]
+
+
+def test_script_folds_never_train_on_a_held_out_script():
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), 15)
+    for per_class, folds in ((5, 3), (5, 5), (2, 12)):            # (2, 12): 8 scripts, so 8 folds
+        scripts = np.array([f"{c}-{rng.integers(per_class)}" for c in y])   # uneven script sizes
+        found = script_folds(y, scripts, folds, seed=folds)
+        assert len(found) == min(folds, len(set(scripts)))
+        assert sorted(np.concatenate([test for _, test in found])) == list(range(len(y)))
+        for train, test in found:
+            assert not set(scripts[train]) & set(scripts[test])
+
+
+def test_script_held_out_removes_a_script_cue_that_ordinary_cv_exploits():
+    """Each class told through 4 scripts, each script with its own cue dimension and no shared class signal: ordinary
+    CV learns the scripts (the wrong answer for new situations), holding scripts out gives chance."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 24)
+    script = y * 4 + np.tile(np.repeat(np.arange(4), 6), 4)           # 16 scripts, 6 items each
+    X = rng.normal(size=(len(y), 16))
+    X[np.arange(len(y)), script] += 5.0
+    task = Task("set_b", ("B",), y, stats.splits(y, 4, 0))
+    ordinary = stats.auroc(y, stats.cv_proba(X, y, task.folds[0]))
+    held = script_held_out(task, X, script.astype(str), ProbeSettings(seed=0, n_boot=200), seed=1)
+    assert ordinary > 0.9 and held["high"] < 0.65 and held["n_scripts"] == 16 and held["n_folds"] == 5

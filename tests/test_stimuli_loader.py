@@ -77,3 +77,15 @@ def test_pairs_must_exist_and_be_mutual(tmp_path):
         load_sets({"B": b, "N": write(tmp_path, "set_N.jsonl", {**N, "pair": "b-grief-09"},
                                       {"id": "b-grief-09", "set": "N", "emotion": "neutral", "text": "x"})})
     assert len(load_sets({"B": b, "N": write(tmp_path, "set_N.jsonl", N)})["N"]) == 1
+
+
+def test_writer_and_script_are_optional_non_empty_strings(tmp_path):
+    path = write(tmp_path, "set_B.jsonl", {**B, "writer": "pass-2", "script": "a death in the family"},
+                 {**B, "id": "b-grief-02", "pair": "n-grief-02"})
+    first, second = load_stimuli(path, "B")
+    assert (first.writer, first.script, second.writer, second.script) == ("pass-2", "a death in the family", None, None)
+    for key, value, message in (("writer", " ", "empty writer"), ("script", "", "empty script"),
+                                ("script", 4, "every value must be a string")):
+        bad = write(tmp_path, "set_B.jsonl", {**B, key: value})
+        with pytest.raises(StimulusError, match=f":1: {message}"):
+            load_stimuli(bad, "B")

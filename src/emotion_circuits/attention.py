@@ -108,6 +108,8 @@ def load_lexicon(path) -> tuple[tuple[str, ...], ...]:
         raise DataError(f"{path}: lexicon not found (the stimuli lexicon, params.yaml attention.lexicon)") from None
     except yaml.YAMLError as err:
         raise DataError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if isinstance(raw, dict):   # display cues are behaviour, not emotion words (the screen reads them apart)
+        raw = {k: v for k, v in raw.items() if k != "display_cues"}
     entries = set()
     for text in _strings(raw):
         words = _WORD.findall(text.lower())

@@ -7,9 +7,10 @@ and its N twin share a fold) repeated `repeats` times; intervals combine a boots
 N) with the repeat spread. Beside every curve: the label-permutation null per layer (closed-form ridge on the same
 splits, its mean and 95th percentile), a max-over-layers (and over sites) permutation p for the peak, BH q-values
 over layers x sites, a nested estimate (layer chosen inside training folds), text-only baselines on the same splits
-(length, polarity, bag of words, tuned TF-IDF word+char n-grams, bag of the model's input embeddings) with "probe
+(length, polarity, bag of words, style only, tuned TF-IDF word+char n-grams, bag of the model's input embeddings) with "probe
 minus best baseline" and its paired interval, MDL online codelength (Voita & Titov 2020) for the trained and the
-random-init model, and the domain-held-out Set B curve when the stimuli carry domains. No control task: the
+random-init model, the domain-held-out Set B curve when the stimuli carry domains, and the situation-held-out Set B
+probe (scripts held out, at the peak layer) when they carry scripts. No control task: the
 random-init model and MDL are the controls (a once-shuffled label set is one draw of the permutation null). The
 random-init and zero-shot curves use one repeat and no null (comparison curves, not tests).
 AUROC chance is 0.5 but the reference line is the null; accuracy chance is 1/k.
@@ -541,6 +542,39 @@ def domain_held_out(task: Task, X: np.ndarray, domains: np.ndarray, settings: Pr
             "domain_min": float(np.nanmin(per)), "domain_max": float(np.nanmax(per))}
 
 
+def script_folds(y: np.ndarray, scripts: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds grouped by situation script, `min(folds, n scripts)` of them (stats.splits): every item of
+    a script is in one test fold, so the probe is scored on situations it never saw. `y, scripts (n,)`."""
+    names, codes = np.unique(scripts, return_inverse=True)
+    return stats.splits(y, min(folds, len(names)), seed, codes)[0]
+
+
+def script_held_out(task: Task, X: np.ndarray, scripts: np.ndarray, settings: ProbeSettings, seed: int) -> dict:
+    """Set B with situation scripts held out (`script_folds`), AUROC with a cluster-bootstrap interval over scripts
+    (the claim is about new situations). `X (n, d)`, `scripts (n,)`."""
+    folds = script_folds(task.y, scripts, settings.folds, seed)
+    proba = stats.cv_proba(X, task.y, folds, model_factory=lambda: fastprobe.probe_pipeline(settings.C))
+    point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot, settings.seed + SEED_OFFSET["bootstrap"],
+                                             groups=np.unique(scripts, return_inverse=True)[1])
+    return {"auroc": point, "low": low, "high": high, "n_scripts": len(np.unique(scripts)), "n_folds": len(folds)}
+
+
+def _add_scripts(metrics, data, tasks, items, settings) -> None:
+    """The situation-held-out Set B probe at the ordinary peak layer (site h), on the first evaluation repeat's
+    seed; skipped (logged) when the Set B items carry no `script`."""
+    scripts = [items.get(i, {}).get("script") for i in data["B"].ids]
+    if any(s is None for s in scripts):
+        log.warning("Set B items carry no `script`: situation-held-out evaluation skipped")
+        return
+    task = tasks["set_b"]
+    peak = metrics["set_b"]["h"]["peak_layer"]
+    X = _stack(data, task, "h")[:, peak]
+    found = script_held_out(task, X, np.array(scripts, dtype=str), settings,
+                            settings.seed + evaluation_repeats(settings)[0])
+    metrics["script_held_out"] = {"set_b": {"h": {"layer": peak, "interval": "scripts", **found,
+                                                  "cv_auroc": metrics["set_b"]["h"]["auroc"]}}}
+
+
 # ---------------------------------------------------------------------------------------------------- results
 
 
@@ -718,6 +752,7 @@ def _run_probes(folder, settings: ProbeSettings, control_folder=None, items: dic
     if items:
         start = time.perf_counter()
         domain_rows = _add_domains(metrics, data, tasks, main, items, settings)
+        _add_scripts(metrics, data, tasks, items, settings)
         seconds["domains"] += time.perf_counter() - start
 
     rows, tables = [], {}

@@ -24,7 +24,7 @@ PUBLISHED_LABEL = "published (Keeman 2026; reference text, not computed)"
 # DESIGN.md §1, copied as text: shown beside our numbers for reference, never used in a computation.
 PUBLISHED = {"set_a": "~1.00 in every model", "set_b": "0.934 - 0.989", "transfer": "0.79 - 0.92",
              "peak_depth": "52 - 100 %", "saturation": "by layer 3 - 6", "patching": "46 - 67 %"}
-BASELINE_TASKS = {"set_b": "set_b_8class", "b_vs_n": "b_vs_n", "saturation": "b_vs_n"}   # row -> metrics/stimuli.json baselines key
+BASELINE_TASKS = {"set_a": "set_a_8class", "set_b": "set_b_8class", "b_vs_n": "b_vs_n", "saturation": "b_vs_n"}   # row -> metrics/stimuli.json baselines key
 
 
 @dataclass
@@ -117,7 +117,7 @@ def saturation(m: dict) -> Cell:
 
 
 def baseline_text(baselines: dict | None, task: str) -> Cell:
-    """Every text-only baseline of one stimuli-stage task (length, polarity, bag of words): AUROC and interval.
+    """Every text-only baseline of one stimuli-stage task (length, polarity, bag of words, style): AUROC, interval.
     Its stats keys are complete (`text_only/<task>.<method>.auroc`): the same for every row that shows it."""
     found = (baselines or {}).get(task) or {}
     parts, stats = [], {}
@@ -568,7 +568,7 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
     summary.add(f"Headline (site {HEADLINE_SITE}: residual stream)", headline,
                 ("text-only baseline AUROC, same task and splits", PUBLISHED_LABEL),
                 "Controls for these rows are in the next table. Text-only baselines come from the stimuli stage "
-                "(metrics/stimuli.json); Set A and transfer have none.")
+                "(metrics/stimuli.json); transfer has none.")
     for key, title in (("controls", f"Controls (site {HEADLINE_SITE})"),
                        ("sites", "Every site (h: residual stream, a: attention output, m: MLP output)"),
                        ("causal", "Behaviour, knockout and single heads (interventions at the extraction position)"),

@@ -2,6 +2,13 @@
 text-only shortcut baselines. Sets B, N and C must contain no word of the project's explicit lexicon, and every B/N
 pair must match in length; otherwise `ScreenError` (one line naming the items and words).
 
+Issue 23 adds: display cues (lexicon section `display_cues`, behaviour that displays an emotion) and the style
+checks (style.py: colons, opening word, present tense, quote style per emotion), each recorded or failing by its
+policy (`screen.display_cues`, `screen.style_checks`: warn | fail); a per-emotion word-skew report (words in several
+items of one emotion and in no other: the non-emotion giveaways); counts per emotion x writer and x script and
+scripts told under two labels; the blind-ratings check (ratings.py; fails whenever the ratings file exists and an
+item falls short); and the style-only baseline beside the others.
+
 The baselines use the probes' protocol (stats.splits, grouped by `pair` for B vs N so twins share a fold;
 stats.cv_proba; stats.bootstrap_auroc over groups), so their AUROCs are directly comparable with a probe's: how much
 of a task a classifier gets from text length, polarity or word choice. The probes stage repeats these baselines (and
@@ -24,9 +31,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from . import stats
+from . import ratings as ratings_mod
 from .config import EMOTIONS, ConfigError
 from .io import DataError
-from .stimuli import Stimulus
+from .stimuli import Stimulus, line_numbers
+from .style import style_checks, style_features
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,9 @@ CLEAN_SETS = ("B", "N", "C")            # sets that must contain no explicit emo
 NRC_EMOTIONS = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust")
 _WORD = re.compile(r"[a-z]+")           # the same word definition as attention.load_lexicon
 MAX_LISTED = 25                         # violations named in the one-line error before "... and k more"
+DISPLAY_CUES = "display_cues"           # the lexicon section of display cues (not emotion words)
+POLICIES = ("warn", "fail")
+SKEW_MIN_ITEMS = 3                      # word skew: a word in at least this many items of one emotion, none of another
 
 
 class ScreenError(ValueError):
@@ -48,8 +60,20 @@ class ScreenSettings:
     n_boot: int = 1000
     pair_length_tolerance: float = 0.10
     lexicon: str = "stimuli/lexicon.yaml"
+    display_cues: str = "warn"
+    style_checks: str = "warn"
+    dev_seed: int = 9173
+    ratings: str = "stimuli/ratings.jsonl"
 
     def __post_init__(self):
+        for key in ("display_cues", "style_checks"):
+            if getattr(self, key) not in POLICIES:
+                raise ConfigError(f"params.yaml: screen.{key}: {getattr(self, key)!r} must be warn or fail")
+        if not isinstance(self.dev_seed, int) or isinstance(self.dev_seed, bool) or self.dev_seed < 0:
+            raise ConfigError(f"params.yaml: screen.dev_seed: {self.dev_seed!r} must be a non-negative integer")
+        if self.seed is not None and self.dev_seed == self.seed:
+            raise ConfigError(f"params.yaml: screen.dev_seed: {self.dev_seed} equals screen.seed (the development "
+                              "seed must be one no reported number uses)")
         if self.folds < 2:
             raise ConfigError(f"params.yaml: screen.folds: {self.folds} < 2")
         if self.n_boot < 100:
@@ -62,9 +86,10 @@ class ScreenSettings:
 # ---------------------------------------------------------------------------------------------- lexicons
 
 
-def load_lexicon(path) -> dict[str, tuple[tuple[str, ...], ...]]:
+def load_lexicon(path, section: str | None = None) -> dict[str, tuple[tuple[str, ...], ...]]:
     """Category (emotion, `general`, `expressive`) -> entries, each a tuple of lowercase words; a trailing `*` on
-    the last word marks a prefix. The same file and word split as attention.load_lexicon, kept per category."""
+    the last word marks a prefix. The same file and word split as attention.load_lexicon, kept per category.
+    The `display_cues` section is left out; `section="display_cues"` reads only it ({} when the file has none)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -76,6 +101,8 @@ def load_lexicon(path) -> dict[str, tuple[tuple[str, ...], ...]]:
         raise DataError(f"{path}: expected a mapping from category (emotion, general, expressive) to a list of words")
     lexicon = {}
     for category, words in raw.items():
+        if (category == DISPLAY_CUES) != (section == DISPLAY_CUES):
+            continue
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise DataError(f"{path}: {category}: expected a list of words")
         entries = []
@@ -118,6 +145,58 @@ def explicit_hits(text: str, lexicon: dict) -> list[tuple[str, str]]:
                 if j + k <= len(ws) and all(_match(w, e) for w, e in zip(ws[j:j + k], entry)):
                     found.append((category, " ".join(ws[j:j + k])))
     return found
+
+
+def cue_hits(sets: dict[str, list[Stimulus]], cues: dict) -> list[dict]:
+    """Every display-cue match in Sets B, N, C: `{set, id, emotion, cue}`, `emotion` the item's label (an N twin:
+    its B vignette's label, so that a cue kept in the twin is counted with its emotion)."""
+    label = _labels(sets)
+    return [{"set": name, "id": item.id, "emotion": label[item.id], "cue": cue}
+            for name in CLEAN_SETS for item in sets.get(name, [])
+            for cue in sorted({w for _, w in explicit_hits(item.text, cues)})]
+
+
+def _labels(sets: dict[str, list[Stimulus]]) -> dict[str, str]:
+    """id -> the emotion an item is counted under: its own label, or for a neutral twin its partner's."""
+    own = {s.id: s.emotion for items in sets.values() for s in items}
+    return {s.id: own.get(s.pair, s.emotion) if s.emotion == "neutral" and s.pair else s.emotion
+            for items in sets.values() for s in items}
+
+
+def word_skew(items: list[Stimulus], min_items: int = SKEW_MIN_ITEMS) -> dict[str, dict[str, int]]:
+    """emotion -> {word: items} for words in at least `min_items` items of that emotion and in no item of another
+    (within this set): words that are not emotion words but still give the class away ("chair" in grief)."""
+    per = {}
+    for s in items:
+        per.setdefault(s.emotion, Counter()).update(set(words(s.text)))
+    out = {}
+    for emotion, counts in per.items():
+        elsewhere = set().union(*(set(c) for e, c in per.items() if e != emotion))
+        out[emotion] = {w: k for w, k in sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+                        if k >= min_items and w not in elsewhere}
+    return out
+
+
+def design_counts(sets: dict[str, list[Stimulus]]) -> tuple[dict, list[str]]:
+    """Counts per emotion x writer and emotion x script of the sets whose items carry them (N twins under their
+    vignette's emotion), and the scripts of Sets A and B told under two labels (a situation must carry one class)."""
+    label, out = _labels(sets), {}
+    for key in ("writer", "script"):
+        for name, items in sets.items():
+            if any(getattr(s, key) for s in items):
+                table = {}
+                for s in items:
+                    table.setdefault(label[s.id], Counter())[getattr(s, key) or "(none)"] += 1
+                out.setdefault(f"per_{key}", {})[name] = {e: dict(sorted(c.items())) for e, c in table.items()}
+    emotions_of = {}
+    for name in ("A", "B"):
+        for s in sets.get(name, []):
+            if s.script:
+                emotions_of.setdefault(s.script, set()).add(s.emotion)
+    shared = {k: sorted(v) for k, v in sorted(emotions_of.items()) if len(v) > 1}
+    if shared:
+        out["scripts_under_two_labels"] = shared
+    return out, [f"script {k!r} under {', '.join(v)}" for k, v in shared.items()]
 
 
 def load_nrc() -> dict[str, tuple[str, ...]]:
@@ -192,13 +271,15 @@ def bow_model():
 
 
 def features(items: list[Stimulus], polarity: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Text-only feature sets: `length (n, 2)` words and characters, `polarity (n, 4)` VADER, `bow (n,)` texts."""
+    """Text-only feature sets: `length (n, 2)` words and characters, `polarity (n, 4)` VADER, `bow (n,)` texts,
+    `style (n, f)` the style-only features (style.py: no words but the opening one)."""
     texts = [s.text for s in items]
     if polarity is None:
         polarity = vader_scores(texts)
     return {"length": np.array([[n_words(t), len(t)] for t in texts], dtype=np.float64),
             "polarity": polarity,
-            "bow": np.array(texts, dtype=str)}
+            "bow": np.array(texts, dtype=str),
+            "style": style_features(texts)}
 
 
 def baseline(feats: dict[str, np.ndarray], y: np.ndarray, settings: ScreenSettings, seed: int,
@@ -219,16 +300,87 @@ def baseline(feats: dict[str, np.ndarray], y: np.ndarray, settings: ScreenSettin
 # ---------------------------------------------------------------------------------------------- the screen
 
 
-def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSettings, seed: int = 0) -> dict:
-    """Metrics of every set (see module doc); `seed` is the top-level seed, used unless `settings.seed` is set.
-    Raises ScreenError naming every violation before any baseline is fitted."""
-    found = violations(sets, lexicon, settings.pair_length_tolerance)
+def _fail(found: list[str]) -> None:
     if found:
         more = f"; ... and {len(found) - MAX_LISTED} more" if len(found) > MAX_LISTED else ""
         raise ScreenError("stimuli screen failed: " + "; ".join(found[:MAX_LISTED]) + more)
+
+
+def style_report(sets: dict[str, list[Stimulus]]) -> tuple[dict, list[str]]:
+    """style.style_checks of Sets B and N per emotion (an N twin under its vignette's emotion) and one quote style
+    over both; breaches prefixed by the set."""
+    label, report, breaches = _labels(sets), {}, []
+    for name in ("B", "N"):
+        if sets.get(name):
+            groups = {}
+            for item in sets[name]:
+                groups.setdefault(label[item.id], []).append((item.id, item.text))
+            report[name], found = style_checks(groups)
+            breaches += [f"set {name} {b}" for b in found]
+    used = sorted({q for r in report.values() for q in r["quote_styles"]})
+    report["quote_styles"] = used
+    if len(used) > 1 and all(len(r["quote_styles"]) <= 1 for n, r in report.items() if n != "quote_styles"):
+        breaches.append(f"sets B and N use quote styles {' and '.join(used)}, expected one")
+    return report, breaches
+
+
+def dev_style_baseline(sets: dict[str, list[Stimulus]], settings: ScreenSettings) -> dict:
+    """The style-only baseline of Set B 8-class and B vs N on `settings.dev_seed`, for writers revising the sets:
+    no reported number uses that seed, so editing against it does not tune the evaluation splits."""
+    out = {}
+    for task, (items, y, groups) in _tasks(sets).items():
+        out[task] = baseline({"style": features(items, np.zeros((len(items), 4)))["style"]}, y, settings,
+                             settings.dev_seed, groups)["style"]
+    return out
+
+
+def _tasks(sets: dict[str, list[Stimulus]]) -> dict:
+    """task -> (items, labels `(n,)`, pair groups or None) of the screen's baselines."""
+    out = {}
+    for name in ("A", "B"):
+        if name in sets:
+            out[f"set_{name.lower()}_8class"] = (sets[name], np.array([s.emotion for s in sets[name]]), None)
+    if "B" in sets and "N" in sets:
+        both = sets["B"] + sets["N"]
+        y = np.r_[np.ones(len(sets["B"]), dtype=int), np.zeros(len(sets["N"]), dtype=int)]   # positive class: B
+        out["b_vs_n"] = (both, y, stats.groups_from_pairs([s.id for s in both], [s.pair for s in both]))
+    return out
+
+
+def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSettings, seed: int = 0,
+           cues: dict | None = None, paths: dict | None = None, ratings: dict | None = None) -> dict:
+    """Metrics of every set (see module doc); `seed` is the top-level seed, used unless `settings.seed` is set.
+    `cues` the display-cue lexicon (load_lexicon(..., "display_cues")), `paths` set -> JSONL (for file:line in
+    messages), `ratings` id -> [(rater, answer)] (ratings.load_ratings; None: not rated).
+    Raises ScreenError naming every violation (and, under `fail` policies, every display cue and style breach)
+    before any baseline is fitted."""
+    _fail(violations(sets, lexicon, settings.pair_length_tolerance))
     seed = settings.seed if settings.seed is not None else seed
+    if settings.dev_seed == seed:
+        raise ConfigError(f"params.yaml: screen.dev_seed: {seed} is the seed the screen reports (choose another)")
+    where = {}
+    for name, path in (paths or {}).items():
+        where.update({i: f"{path}:{k}" for i, k in line_numbers(path).items()})
+    hits = cue_hits(sets, cues or {})
+    style, breaches = style_report(sets)
+    design, shared = design_counts(sets)
+    rated, short = ratings_mod.summarise(ratings, sets)
+    _fail([f"{where.get(h['id'], h['id'])}: {h['id']} display cue '{h['cue']}' (screen.display_cues: fail)"
+           for h in hits] if settings.display_cues == "fail" else [])
+    _fail([f"{b} (screen.style_checks: fail)" for b in breaches + shared] if settings.style_checks == "fail" else [])
+    _fail([f"{where.get(f.split(':')[0], f.split(':')[0])}: blind readings: {f}" for f in short])
+    per_set = {}
+    for h in hits:
+        per_set.setdefault(h["set"], Counter())[h["emotion"]] += 1
+    metrics = {"counts": {}, "length": {}, "vader": {}, "nrc": {}, "explicit": {},
+               "display_cues": {"policy": settings.display_cues, "n_hits": len(hits),
+                                "n_items": len({h["id"] for h in hits}),
+                                "hits_per_emotion": {k: dict(sorted(v.items())) for k, v in per_set.items()},
+                                "hits": [{**h, "where": where.get(h["id"])} for h in hits]},
+               "style_checks": {"policy": settings.style_checks, "breaches": breaches + shared, **style},
+               "word_skew": {name: word_skew(sets[name]) for name in ("A", "B") if name in sets},
+               "ratings": rated, **({"writers_scripts": design} if design else {})}
     nrc = load_nrc()
-    metrics = {"counts": {}, "length": {}, "vader": {}, "nrc": {}, "explicit": {}}
     polarity = {}
     for name, items in sets.items():
         texts = [s.text for s in items]
@@ -259,15 +411,10 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
                             "n_outside": int((np.abs(r - 1) > settings.pair_length_tolerance).sum()),
                             "max_abs_word_diff": int(max(abs(wn - wb) for _, _, wb, wn in pair_ratios(sets)))}
     metrics["baselines"] = {}
-    if "B" in sets:
-        b = sets["B"]
-        metrics["baselines"]["set_b_8class"] = baseline(features(b, polarity["B"]),
-                                                        np.array([s.emotion for s in b]), settings, seed)
-        if "N" in sets:
-            both = b + sets["N"]
-            feats = features(both, np.vstack([polarity["B"], polarity["N"]]))
-            y = np.r_[np.ones(len(b), dtype=int), np.zeros(len(sets["N"]), dtype=int)]   # positive class: Set B
-            groups = stats.groups_from_pairs([s.id for s in both], [s.pair for s in both])
-            metrics["baselines"]["b_vs_n"] = baseline(feats, y, settings, seed, groups)
+    for task, (items, y, groups) in _tasks(sets).items():
+        names = ("B", "N") if task == "b_vs_n" else (items[0].set,)
+        metrics["baselines"][task] = baseline(features(items, np.vstack([polarity[n] for n in names])), y, settings,
+                                              seed, groups)
     metrics["seed"] = seed
+    metrics["dev_seed"] = settings.dev_seed
     return metrics

@@ -8,7 +8,10 @@ from pathlib import Path
 from .config import EMOTIONS, SETS
 
 KEYS = {"id", "set", "emotion", "text"}
-OPTIONAL = {"pair", "domain"}   # domain: the situation's domain (work, family, ...), for domain-held-out CV
+OPTIONAL = {"pair", "domain", "writer", "script"}
+# domain: the situation's domain (work, family, ...), for domain-held-out CV; writer: who (or which writing pass)
+# wrote the item, for the style balance; script: its situation script (a death, a betrayal, ...), for
+# situation-held-out CV
 
 
 class StimulusError(ValueError):
@@ -23,6 +26,8 @@ class Stimulus:
     text: str
     pair: str | None = None
     domain: str | None = None
+    writer: str | None = None
+    script: str | None = None
 
 
 def _parse_line(path: Path, number: int, line: str, set_name: str | None) -> Stimulus:
@@ -52,10 +57,11 @@ def _parse_line(path: Path, number: int, line: str, set_name: str | None) -> Sti
         raise StimulusError(f"{where}: empty text")
     if not obj["id"].strip():
         raise StimulusError(f"{where}: empty id")
-    if "domain" in obj and not obj["domain"].strip():
-        raise StimulusError(f"{where}: empty domain")
+    for key in ("domain", "writer", "script"):
+        if key in obj and not obj[key].strip():
+            raise StimulusError(f"{where}: empty {key}")
     return Stimulus(id=obj["id"], set=obj["set"], emotion=obj["emotion"], text=obj["text"], pair=obj.get("pair"),
-                    domain=obj.get("domain"))
+                    domain=obj.get("domain"), writer=obj.get("writer"), script=obj.get("script"))
 
 
 def load_stimuli(path, set_name: str | None = None) -> list[Stimulus]:
@@ -86,7 +92,7 @@ def load_sets(paths: dict) -> dict[str, list[Stimulus]]:
     sets = {name: load_stimuli(path, name) for name, path in paths.items()}
     where, by_id = {}, {}
     for name, items in sets.items():
-        lines = _line_numbers(paths[name])
+        lines = line_numbers(paths[name])
         for item in items:
             if item.id in by_id:
                 raise StimulusError(f"{paths[name]}:{lines[item.id]}: id {item.id!r} also in {where[item.id]}")
@@ -103,7 +109,8 @@ def load_sets(paths: dict) -> dict[str, list[Stimulus]]:
     return sets
 
 
-def _line_numbers(path) -> dict[str, int]:
+def line_numbers(path) -> dict[str, int]:
+    """id -> its line number in a stimuli JSONL (for messages naming file and line)."""
     numbers = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
