@@ -10,7 +10,7 @@ from conftest import tiny_model
 from emotion_circuits.config import EMOTIONS, ConfigError, parse_section
 from emotion_circuits.generation import (NRC_CATEGORY, GenerationSettings, generation_summary, greedy, nrc_share,
                                          run_generation)
-from emotion_circuits.screen import NRC_EMOTIONS, load_nrc
+from emotion_circuits.nrc import NRC_EMOTIONS, load_nrc
 from emotion_circuits.steering import Directions
 from emotion_circuits.stimuli import Stimulus
 

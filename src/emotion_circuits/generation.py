@@ -8,7 +8,7 @@ one seeded draw per text and emotion). l and alpha: the steering grid's best cel
 All rows go through `model.generate` in batches (left padding, attention mask, KV cache) with one forward hook whose
 addition differs per row (the unsteered rows add zero).
 
-Per continuation: the share of its words (screen.words) whose NRC categories include e's category (NRC_CATEGORY).
+Per continuation: the share of its words (nrc.words) whose NRC categories include e's category (NRC_CATEGORY).
 Cells are (text, emotion): means of steered, unsteered and random shares with bootstrap intervals over texts (a
 resampled text brings its eight cells), and a one-sided sign-flip p of steered minus random over cells (under H0
 d_e acts as one more random direction, so each cell's pair is exchangeable).
@@ -25,7 +25,7 @@ import torch
 from . import stats
 from .causal import unit_directions
 from .config import ConfigError
-from .screen import load_nrc, words
+from .nrc import load_nrc, words
 from .sites import Site, _put, _take, site_module
 
 log = logging.getLogger(__name__)

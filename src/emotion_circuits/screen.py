@@ -16,12 +16,10 @@ TF-IDF and input-embedding ones) on its own repeated splits, beside each probe.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +32,13 @@ from . import stats
 from . import ratings as ratings_mod
 from .config import EMOTIONS, ConfigError
 from .io import DataError
+from .nrc import NRC_EMOTIONS, _WORD, load_nrc, nrc_hits, words  # noqa: F401  (re-exported)
 from .stimuli import Stimulus, line_numbers
 from .style import style_checks, style_features
 
 log = logging.getLogger(__name__)
 
 CLEAN_SETS = ("B", "N", "C")            # sets that must contain no explicit emotion word
-NRC_EMOTIONS = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust")
-_WORD = re.compile(r"[a-z]+")           # the same word definition as attention.load_lexicon
 MAX_LISTED = 25                         # violations named in the one-line error before "... and k more"
 DISPLAY_CUES = "display_cues"           # the lexicon section of display cues (not emotion words)
 POLICIES = ("warn", "fail")
@@ -115,11 +112,6 @@ def load_lexicon(path, section: str | None = None) -> dict[str, tuple[tuple[str,
             entries.append(tuple(parts))
         lexicon[str(category)] = tuple(entries)
     return lexicon
-
-
-def words(text: str) -> list[str]:
-    """Lowercase letter runs: "Diego's" -> ["diego", "s"]."""
-    return _WORD.findall(text.lower())
 
 
 def _match(word: str, entry: str) -> bool:
@@ -197,25 +189,6 @@ def design_counts(sets: dict[str, list[Stimulus]]) -> tuple[dict, list[str]]:
     if shared:
         out["scripts_under_two_labels"] = shared
     return out, [f"script {k!r} under {', '.join(v)}" for k, v in shared.items()]
-
-
-def load_nrc() -> dict[str, tuple[str, ...]]:
-    """The NRC emotion lexicon shipped in the `nrclex` package (word -> categories), read directly from its file:
-    NRCLex's own API fails on long texts here."""
-    try:
-        path = resources.files("nrclex.data").joinpath("nrc_en.json")
-        with path.open("r", encoding="utf-8") as handle:
-            raw = json.load(handle)
-    except (ModuleNotFoundError, FileNotFoundError) as err:
-        raise DataError(f"NRC lexicon not found in the nrclex package ({err}); install nrclex") from None
-    return {w: tuple(c for c in cats if c in NRC_EMOTIONS) for w, cats in raw.items()}
-
-
-def nrc_hits(text: str, nrc: dict) -> tuple[int, float]:
-    """(NRC emotion-word count, count / words) of one text; positive/negative-only words do not count."""
-    ws = words(text)
-    hits = sum(1 for w in ws if nrc.get(w))
-    return hits, hits / max(len(ws), 1)
 
 
 def vader_scores(texts) -> np.ndarray:
