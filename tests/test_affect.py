@@ -10,9 +10,19 @@ import pytest
 import yaml
 from scipy.stats import binom
 
-from emotion_circuits.affect import (LEXICON_WORD, VALENCE, AffectSettings, affect, components, exact_p,
-                                     fixed_choice_p)
+from emotion_circuits.affect import (LEXICON_WORD, VALENCE, AffectSettings, affect, all_orders, components,
+                                     correlations, exact_p)
 from emotion_circuits.config import EMOTIONS, ConfigError, parse_section
+
+
+def fixed_choice_p(coords: np.ndarray, ratings: np.ndarray) -> float:
+    """The WRONG p: PC and sign chosen once on the observed data (valence only), then the permutations score
+    corr(sign * PC, permuted valence) with that choice fixed."""
+    r = correlations(coords, ratings[:, :1])[:, 0]
+    pc = int(np.abs(r).argmax())
+    sign = np.sign(r[pc])
+    null = sign * correlations(coords, ratings[:, :1], all_orders(len(coords)))[:, pc, 0]
+    return float((null >= abs(r[pc]) - 1e-12).mean())
 
 
 def vader_lexicon() -> dict[str, float]:

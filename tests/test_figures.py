@@ -30,7 +30,7 @@ def run_root(tmp_path_factory) -> Path:
 
 def expected_names() -> list[str]:
     names = ["auroc_depth", "transfer_binary", "cka_models", "cka_depths", "cka_matched", "attention_text_share",
-             "patching", "knockout", "heads", "positions", "steering_dose", "steering_specificity", "steering_affect"]
+             "patching", "knockout", "heads", "positions", "steering_dose", "steering_specificity", "steering_affect", "steering_ablation"]
     for model in MODELS:
         names += [f"pca_{model}", f"centroid_cosine_{model}"]
     return sorted(names)
@@ -133,7 +133,7 @@ def test_missing_optional_inputs_skip_their_figures_with_a_warning(run_root, tmp
     drawn = sorted(p.stem for p in (tmp_path / "figures").glob("*.png"))
     assert drawn == sorted(["auroc_depth", "transfer_binary", "attention_text_share", "pca_tiny-llama",
                             "centroid_cosine_tiny-llama", "patching", "knockout", "heads", "positions",
-                            "steering_dose", "steering_specificity", "steering_affect"])
+                            "steering_dose", "steering_specificity", "steering_affect", "steering_ablation"])
     attention = jobs(root)["attention_text_share"]()
     assert [ax.get_title() for ax in attention.axes if ax.get_title()] == ["tiny-gemma"]
 

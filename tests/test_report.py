@@ -197,7 +197,7 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
     """The steering outputs of `model`, written by the real stage code (steering_report.run_stage, with the real
     directions and statistics) with only the forward passes replaced: steering with d_e moves the answer to e from
     two thirds of the depth on, more with the dose; random directions never do."""
-    from emotion_circuits import causal, steering as st, steering_report as sr
+    from emotion_circuits import ablation, causal, steering as st, steering_report as sr
     from emotion_circuits.readout import Readout
     from emotion_circuits.stimuli import Stimulus
 
@@ -247,8 +247,27 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
     def greedy(loaded, prompts, *args, **kwargs):                  # generation: fixed continuations
         return ["the clerk was angry, then glad" for _ in prompts]
 
+    def signal(n, labels, strength):
+        """Run-shaped h: the class sits on the first k axes with `strength` at every layer; scores follow it."""
+        h = rng.normal(size=(n, n_layers, d)).astype(np.float32)
+        h[:, :, :k] += strength * np.eye(k)[[EMOTIONS.index(e) for e in labels]][:, None]
+        return ablation.Run(h, h[:, -1, :k].astype(np.float64))
+
+    ablated_labels = []
+
+    def clean_items(engine, prompts, offsets, bases):              # ablation: the clean run and removed norms
+        ablated_labels[:] = [x.emotion for x in ablation.balanced(items["B"], EMOTIONS, len(prompts))]
+        return signal(len(prompts), ablated_labels, 2.0), {l: np.full((len(prompts), len(b)), 0.3)
+                                                           for l, b in bases.items()}
+
+    def ablated_items(engine, prompts, offsets, layer, bases):     # the emotion subspace removes the class
+        return [signal(len(prompts), ablated_labels, 0.0 if i == 0 else 2.0) for i in range(len(bases))]
+
     with mock.patch.multiple(sr, setup=setup, clean_runs=clean_runs, steer=steer, against_grain=against_grain,
-                             read_activations=read_activations), mock.patch.object(sr.generation, "greedy", greedy):
+                             read_activations=read_activations), mock.patch.object(sr.generation, "greedy", greedy), \
+            mock.patch.multiple(ablation, clean_items=clean_items, ablated_items=ablated_items,
+                                calibration_offsets=lambda *a: torch.zeros(k),
+                                tokenize_prompt=lambda *a: SimpleNamespace(ids=[1, 2])):
         sr.run_stage(params, model, root / "metrics", root / "plots")
 
 

@@ -295,3 +295,22 @@ def test_earliest_reads_the_shallowest_layer_that_clears_the_bar_not_the_largest
     got = earliest(rows)
     assert (got["layer"], got["dose"]) == (5, 1.0) and got["bar"] == 0.5
     assert earliest(rows, bar=0.95) is None
+
+
+def test_ablation_generation_and_valence_rows_read_the_stage_metrics():
+    """The summary's extra steering rows: the first ablation layer's next / last drops minus random with the removed
+    norms, generation's steered share beside random and unsteered, valence's PC, signed r and exact p."""
+    from emotion_circuits import report
+    drop = lambda v: {"drop_minus_random": v, "drop_minus_random_low": v - 0.1, "drop_minus_random_high": v + 0.1}  # noqa
+    metrics = {"ablation": {"per_layer": {"9": {"rank": 7, "next_layer": drop(0.125), "last_layer": drop(0.25),
+                                                "removed_norm": 0.787, "random_removed_norm": 0.778}}},
+               "generation": {"steered": 0.16, "steered_low": 0.13, "steered_high": 0.22, "random": 0.0,
+                              "unsteered": 0.01, "p_steered_vs_random": 0.0035, "layer": 17, "dose": 1.0},
+               "affect": {"valence": {"pc": 2, "r": 0.30, "signed_r": -0.30, "p": 0.71}}}
+    rows = {key: cell for key, _, cell in report.steering_extra_rows(metrics)}
+    assert list(rows) == ["steering.ablation", "steering.generation", "steering.valence"]
+    assert rows["steering.ablation"].text == "h9: 0.125 [0.025, 0.225] / 0.250 [0.150, 0.350] (removed norm 0.79 vs 0.78)"
+    assert rows["steering.ablation"].stats["next_drop_minus_random"] == 0.125 and rows["steering.ablation"].stats["layer"] == 9
+    assert rows["steering.generation"].text.startswith("0.160 [0.130, 0.220] vs 0.00 vs 0.01 (p 0.0035; h17, dose 1)")
+    assert rows["steering.valence"].text == "PC2, r -0.30 (p 0.71)"
+    assert report.steering_extra_rows({}) == []

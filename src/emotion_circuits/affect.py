@@ -6,7 +6,8 @@ PC2 and their explained variance. PCs have no sign and no name, so the statistic
 r_V = max over PC in {1, 2} and sign of corr(PC, valence) = max |corr|; with arousal too, the assignment of the two PCs
 to (valence, arousal) and the signs maximising |r_V| + |r_A|. Eight points: the exact permutation p over all 8! orders
 of the ratings (valence and arousal rows move together), with the assignment and signs chosen again inside every
-permutation; fixing them on the observed data and reusing them under permutation rejects far too often.
+permutation; fixing them on the observed data and reusing them under permutation rejects far too often (shown in
+tests/test_affect.py).
 """
 from __future__ import annotations
 
@@ -102,16 +103,6 @@ def exact_p(coords: np.ndarray, ratings: np.ndarray) -> float:
     observed, _ = statistic(correlations(coords, ratings))
     null, _ = statistic(correlations(coords, ratings, all_orders(len(coords))))
     return float((null >= observed - 1e-12).mean())
-
-
-def fixed_choice_p(coords: np.ndarray, ratings: np.ndarray) -> float:
-    """The WRONG p, kept for the test that shows it: PC and sign chosen once on the observed data (valence only),
-    then the permutations score corr(sign * PC, permuted valence) with that choice fixed."""
-    r = correlations(coords, ratings[:, :1])[:, 0]
-    pc = int(np.abs(r).argmax())
-    sign = np.sign(r[pc])
-    null = sign * correlations(coords, ratings[:, :1], all_orders(len(coords)))[:, pc, 0]
-    return float((null >= abs(r[pc]) - 1e-12).mean())
 
 
 def single(coords: np.ndarray, ratings: np.ndarray, source: str) -> dict:

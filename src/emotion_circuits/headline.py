@@ -20,6 +20,7 @@ HEADLINE = (
     "behaviour.A.accuracy", "behaviour.B.accuracy", "behaviour.B.probe_agreement.kappa",
     "h.patching_recovery.first_layer", "patching.best.recovery_minus_control",
     "steering.earliest.layer", "steering.share.share", "steering.share.random_share", "steering.grain.moved",
+    "steering.ablation.next_drop_minus_random", "steering.generation.steered", "steering.valence.r",
 )
 BOUNDS = ("", "_low", "_high")
 

@@ -525,7 +525,39 @@ def steering_rows(steering: dict) -> list[tuple]:
              "emotion e, d_e vs same-norm random (sign-flip p on the LD change)",
              Cell(f"{ci(grain, 'moved', pct=True).text} vs random {ci(grain, 'random_moved', pct=True).text} "
                   f"(p {grain['p']:.3g})", {**ci(grain, "moved").stats, **ci(grain, "random_moved").stats,
-                                            "p": grain["p"]}))]
+                                            "p": grain["p"]}))] + steering_extra_rows(steering)
+
+
+def steering_extra_rows(steering: dict) -> list[tuple]:
+    """Directional ablation (first ablation layer), steered generation and the valence plane, each when present."""
+    rows = []
+    ablation = (steering.get("ablation") or {}).get("per_layer") or {}
+    if ablation:
+        layer, a = next(iter(ablation.items()))
+        nxt, last = a["next_layer"], a["last_layer"]
+        rows.append(("steering.ablation", f"directional ablation: the {a['rank']}-dim emotion subspace projected out "
+                     "of h[l] at every position; refit 8-class AUROC drop at the next / last layer minus the drop "
+                     "under a random subspace of matched removed norm",
+                     Cell(f"h{layer}: {ci(nxt, 'drop_minus_random').text} / {ci(last, 'drop_minus_random').text} "
+                          f"(removed norm {a['removed_norm']:.2f} vs {a['random_removed_norm']:.2f})",
+                          {"layer": int(layer), **{f"next_{k}": v for k, v in ci(nxt, "drop_minus_random").stats.items()},
+                           **{f"last_{k}": v for k, v in ci(last, "drop_minus_random").stats.items()},
+                           "removed_norm": a["removed_norm"], "random_removed_norm": a["random_removed_norm"]})))
+    gen = steering.get("generation")
+    if gen:
+        rows.append(("steering.generation", "steered generation: share of the continuation's words in e's NRC "
+                     "category, d_e vs same-norm random vs unsteered (sign-flip p)",
+                     Cell(f"{ci(gen, 'steered').text} vs {gen['random']:.2f} vs {gen['unsteered']:.2f} "
+                          f"(p {gen['p_steered_vs_random']:.2g}; h{gen['layer']}, dose {gen['dose']:g})",
+                          {**ci(gen, "steered").stats, "random": gen["random"], "unsteered": gen["unsteered"],
+                           "p": gen["p_steered_vs_random"]})))
+    valence = (steering.get("affect") or {}).get("valence")
+    if valence:
+        rows.append(("steering.valence", "valence: |r| of the published ratings with the best of PC1/PC2 of the eight "
+                     "d_e at the best layer (exact p over 8! orders)",
+                     Cell(f"PC{valence['pc']}, r {valence['signed_r']:+.2f} (p {valence['p']:.2g})",
+                          {"pc": valence["pc"], "r": valence["r"], "p": valence["p"]})))
+    return rows
 
 
 def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
