@@ -255,10 +255,9 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
 
     ablated_labels = []
 
-    def clean_items(engine, prompts, offsets, bases):              # ablation: the clean run and removed norms
+    def clean_items(engine, prompts, offsets, layers):             # ablation: the clean run, h[l] at every position
         ablated_labels[:] = [x.emotion for x in ablation.balanced(items["B"], EMOTIONS, len(prompts))]
-        return signal(len(prompts), ablated_labels, 2.0), {l: np.full((len(prompts), len(b)), 0.3)
-                                                           for l, b in bases.items()}
+        return signal(len(prompts), ablated_labels, 2.0), {l: rng.normal(size=(5 * len(prompts), d)) for l in layers}
 
     def ablated_items(engine, prompts, offsets, layer, bases):     # the emotion subspace removes the class
         return [signal(len(prompts), ablated_labels, 0.0 if i == 0 else 2.0) for i in range(len(bases))]

@@ -7,11 +7,12 @@ rank r is taken from an SVD with a relative tolerance and recorded.
 
 Control: a uniformly random r-dimensional subspace of R^d removes ~sqrt(r / d) of each vector's norm, far less than
 the emotion subspace (the residual stream is anisotropic), so it would be a lax control. Random subspaces are drawn
-instead inside the span of the top q uncentred principal axes of the fitting set's h[l] (axes ordered by how much of
-||x||^2 they carry), q chosen by bisection so that the mean removed norm ||P x|| / ||x|| over the fitting items
-(averaged over fixed Monte Carlo draws) matches the emotion subspace's: q = r is the top axes themselves (the most
-any r-dimensional subspace removes there), q = d a uniform draw. Both removed norms are reported on the ablated items
-at every prompt position of layer l, where the projection acts on the clean h[l].
+instead inside the span of the top q uncentred principal axes of the ablated items' clean h[l] at every prompt
+position (where the projection acts; no labels are used), axes ordered by how much of ||x||^2 they carry, q chosen
+by bisection so that the mean removed norm ||P x|| / ||x|| over those positions (averaged over fixed Monte Carlo
+draws) matches the emotion subspace's there: q = r is the top axes themselves (the most any r-dimensional subspace
+removes), q = d a uniform draw. Reported on the same positions: the emotion subspace's, the drawn subspaces' and a
+uniform subspace's removed norm; and the emotion subspace's on the fitting set, for reference.
 
 Run: per item, `Engine.prepare` (prefix forward and answer tree) inside `sites.hooked` with a `project` intervention
 at layer l, so every position the model runs (the prompt and the teacher-forced answer tokens) loses the subspace;
@@ -118,8 +119,8 @@ def _orthonormal(g: np.ndarray) -> np.ndarray:
 @dataclass
 class Matched:
     """Random subspaces matched in removed norm. bases `(n_random, r, d)`; q: the span they are drawn in (the top q
-    uncentred principal axes of the fitting h); target / achieved: mean removed norm over the fitting items of the
-    emotion subspace and of the Monte Carlo draws at q."""
+    uncentred principal axes of the rows matched on: the ablated items' clean h[l] at every position); target /
+    achieved: mean removed norm over those rows of the emotion subspace and of the Monte Carlo draws at q."""
     bases: np.ndarray
     q: int
     target: float
@@ -176,17 +177,17 @@ def _record(engine, prep, offsets, runs: tuple[list, list]) -> None:
     runs[1].append(calibrate(prep.raw, offsets).float().cpu().numpy())
 
 
-def clean_items(engine, prompts, offsets: torch.Tensor, bases: dict) -> tuple[Run, dict]:
-    """The clean run of each prompt (token ids) and, per layer of `bases` ({layer: [(r, d) arrays]}), each basis'
-    removed norm ||P x|| / ||x|| averaged over the prompt positions of the clean h[layer]: {layer: (n, n_bases)}."""
-    runs, norms = ([], []), {layer: [] for layer in bases}
+def clean_items(engine, prompts, offsets: torch.Tensor, layers) -> tuple[Run, dict]:
+    """The clean run of each prompt (token ids) and, per layer of `layers`, the clean h[layer] at every prompt
+    position of every prompt stacked `(total positions, d)` float64: where the projection acts, so where the removed
+    norms are measured and matched."""
+    runs, states = ([], []), {layer: [] for layer in layers}
     for ids in tqdm(prompts, desc="ablation clean", leave=False):
         prep = engine.prepare(ids, positions=True)
         _record(engine, prep, offsets, runs)
-        for layer, group in bases.items():
-            x = torch.cat([prep.prompt_resid[layer + 1], prep.resid[layer + 1, :1]]).double().cpu().numpy()
-            norms[layer].append([removed_norm(x, b) for b in group])
-    return Run(np.stack(runs[0]), np.stack(runs[1])), {layer: np.array(v) for layer, v in norms.items()}
+        for layer in layers:
+            states[layer].append(torch.cat([prep.prompt_resid[layer + 1], prep.resid[layer + 1, :1]]).double().cpu())
+    return Run(np.stack(runs[0]), np.stack(runs[1])), {l: torch.cat(v).numpy() for l, v in states.items()}
 
 
 def ablated_items(engine, prompts, offsets: torch.Tensor, layer: int, bases) -> list[Run]:
@@ -265,18 +266,19 @@ def run_ablation(s, h_fit: np.ndarray, fit_labels) -> tuple[dict, dict]:
     rng = np.random.default_rng(s.seed + 7)
     offsets = calibration_offsets(engine, tok, s.template, s.answers)
     prompts = [tokenize_prompt(tok, s.template, x.text).ids for x in items]
+    clean, states = clean_items(engine, prompts, offsets, layers)
     fitted = {}
     for layer in layers:
         basis = emotion_basis(h_fit[:, layer], fit_labels, emotions)
-        target = removed_norm(h_fit[:, layer], basis)
-        matched = matched_random(h_fit[:, layer], target, len(basis), cfg.n_random, rng)
-        fitted[layer] = (basis, matched, uniform_random(basis.shape[1], len(basis), rng))
-    clean, norms = clean_items(engine, prompts, offsets,
-                               {l: [b, *m.bases, u] for l, (b, m, u) in fitted.items()})
+        x = states[layer]                               # the ablated items' clean h[l], every position: no labels
+        matched = matched_random(x, removed_norm(x, basis), len(basis), cfg.n_random, rng)
+        uniform = uniform_random(basis.shape[1], len(basis), rng)
+        norms = np.array([removed_norm(x, b) for b in (basis, *matched.bases, uniform)])
+        fitted[layer] = (basis, matched, norms, removed_norm(h_fit[:, layer], basis))
     metrics = {"set": cfg.set, "n": len(items), "layers": layers, "n_random": cfg.n_random, "n_folds": cfg.n_folds,
                "per_layer": {}}
     rows = []
-    for layer, (basis, matched, _) in fitted.items():
+    for layer, (basis, matched, n_norm, fit_norm) in fitted.items():
         runs = ablated_items(engine, prompts, offsets, layer, [basis, *matched.bases])
         ablated, randoms = runs[0], runs[1:]
         b = torch.as_tensor(basis, dtype=torch.float64)
@@ -290,11 +292,10 @@ def run_ablation(s, h_fit: np.ndarray, fit_labels) -> tuple[dict, dict]:
         pick = lambda row: {k: row[k] for k in ("layer", "drop", "drop_low", "drop_high", "random_drop",  # noqa
                                                  "random_drop_low", "random_drop_high", "drop_minus_random",
                                                  "drop_minus_random_low", "drop_minus_random_high")}
-        n_norm = norms[layer].mean(0)
         metrics["per_layer"][str(layer)] = {
             "rank": len(basis), "q": matched.q, "removed_norm": float(n_norm[0]),
             "random_removed_norm": float(n_norm[1:-1].mean()), "uniform_removed_norm": float(n_norm[-1]),
-            "fit_removed_norm": matched.target, "fit_random_removed_norm": matched.achieved,
+            "fit_removed_norm": fit_norm, "matched_monte_carlo": matched.achieved,
             "residual_in_subspace": residual, "next_layer": pick(layer_rows[1]), "last_layer": pick(layer_rows[-1]),
             "accuracy": accuracy}
     return metrics, {"steering_ablation": rows}
