@@ -39,6 +39,7 @@ from .stats import auroc, bootstrap_counts, interval, one_hot, ridge_hats, ridge
 from .steering import balanced, difference_of_means
 
 RANK_TOL = 1e-6   # singular values below RANK_TOL * the largest do not count towards the rank
+N_CANDIDATES = 64          # random subspaces drawn at q, the closest in removed norm kept
 N_MC = 16         # Monte Carlo draws per q in the norm matching (common to every q)
 
 
@@ -130,7 +131,8 @@ class Matched:
 def matched_random(h: np.ndarray, target: float, r: int, n_random: int, rng) -> Matched:
     """`n_random` random r-dimensional subspaces inside the top-q principal axes of `h (n, d)` (uncentred), q by
     bisection on the mean removed norm over `h`'s rows so it matches `target` (the closest integer q; q = r if even
-    the top axes remove less, q = d if even a uniform draw removes more)."""
+    the top axes remove less, q = d if even a uniform draw removes more); of N_CANDIDATES draws at q the `n_random`
+    whose removed norm is closest to `target` are kept (the norm alone is used, no labels)."""
     h = np.asarray(h, np.float64)
     d = h.shape[1]
     axes = np.linalg.svd(h, full_matrices=True)[2]                   # (d, d), by uncentred second moment
@@ -151,9 +153,11 @@ def matched_random(h: np.ndarray, target: float, r: int, n_random: int, rng) -> 
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if mean_removed(mid) > target else (lo, mid)
         q = lo if abs(mean_removed(lo) - target) <= abs(mean_removed(hi) - target) else hi
-    frames = _orthonormal(rng.standard_normal((n_random, q, r)))
-    bases = np.einsum("mqr,qd->mrd", frames, axes[:q])
-    return Matched(bases, q, float(target), mean_removed(q))
+    frames = _orthonormal(rng.standard_normal((N_CANDIDATES, q, r)))    # one draw's removed norm varies: keep the
+    removed = np.linalg.norm(np.einsum("nq,mqr->mnr", coords[:, :q], frames), axis=-1).mean(1)   # closest draws
+    keep = np.argsort(np.abs(removed - target))[:n_random]
+    bases = np.einsum("mqr,qd->mrd", frames[keep], axes[:q])
+    return Matched(bases, q, float(target), float(removed[keep].mean()))
 
 
 def uniform_random(d: int, r: int, rng) -> np.ndarray:
