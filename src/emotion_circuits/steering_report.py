@@ -90,7 +90,8 @@ def setup(params: Params, model: str, activations="data/activations", directions
 
 def run_steering(s: Setup):
     """Directions from the fitting set's activations; steering of the neutral set over layers and doses beside
-    same-norm random directions; the specificity matrix and steering against the grain at the best cell."""
+    same-norm random directions; the specificity matrix and steering against the grain at the best cell; steered
+    generation and the valence plane at the best cell; directional ablation (`ablation.run_ablation`)."""
     cfg, n_boot, n_flip, tok = s.settings, s.shared.n_boot, s.shared.n_flip, s.engine.loaded.tokenizer
     emotions, d = list(s.readout.emotions), s.engine.cfg.hidden_size
     h, labels = read_activations(s.activations / f"{cfg.fit_set}.npz", s.engine.n_layers, d)
@@ -99,25 +100,26 @@ def run_steering(s: Setup):
     directions = fit_directions(h, labels, emotions, neutral, cfg.denoise_k, cfg.directions, cfg.probe_C)
     save_npz(s.directions, directions=directions.directions[s.layers], layers=np.array(s.layers),
              scale=directions.scale, emotions=np.array(emotions), removed=directions.removed[s.layers])
-    text = cfg.where == "text"
+    at_text = cfg.where == "text"
     items = s.stimuli[cfg.set][:cfg.n_items]
-    clean = clean_runs(s.engine, tok, s.template, items, s.answers, positions=text, desc=f"clean {cfg.set}")
+    clean = clean_runs(s.engine, tok, s.template, items, s.answers, positions=at_text, desc=f"clean {cfg.set}")
     result = steer(s.engine, s.readout, clean, directions, s.layers, cfg.doses, cfg.n_random, s.seed,
-                   text_positions(tok, s.template, items) if text else None)
+                   text_positions(tok, s.template, items) if at_text else None)
     summary = steering_summary(result, emotions, n_boot, s.seed, n_flip)
     best = summary["best"]
     grain_items = balanced(s.stimuli[cfg.grain_set], emotions, cfg.n_grain)
-    grain_clean = clean_runs(s.engine, tok, s.template, grain_items, s.answers, positions=text,
+    grain_clean = clean_runs(s.engine, tok, s.template, grain_items, s.answers, positions=at_text,
                              desc=f"clean {cfg.grain_set}")
     grain = grain_summary(against_grain(s.engine, s.readout, grain_clean, directions, best["layer"], best["dose"],
                                         cfg.n_random, s.seed + 1,
-                                        text_positions(tok, s.template, grain_items) if text else None),
+                                        text_positions(tok, s.template, grain_items) if at_text else None),
                           emotions, n_boot, s.seed, n_flip)
     spec = summary["specificity"]
     metrics = {"model": s.name, "set": cfg.set, "grain_set": cfg.grain_set, "fit_set": cfg.fit_set,
                "prompt": s.shared.prompt, "n": len(items), "n_grain": len(grain_items), "n_layers": s.engine.n_layers,
                "layers": ",".join(map(str, s.layers)), "doses": list(cfg.doses), "n_random": cfg.n_random,
-               "denoise_k": cfg.denoise_k, "where": cfg.where, "directions": cfg.directions, "clean_answers": {e: int((clean.top1 == e).sum()) for e in emotions},
+               "denoise_k": cfg.denoise_k, "where": cfg.where, "directions": cfg.directions,
+               "clean_answers": {e: int((clean.top1 == e).sum()) for e in emotions},
                "n_interventions": len(items) * len(s.layers) * len(cfg.doses) * (len(emotions) + cfg.n_random)
                + len(grain_items) * (len(emotions) + cfg.n_random),
                "best": best, "earliest": summary["earliest"], "per_emotion": summary["per_emotion"], "grain": grain,
