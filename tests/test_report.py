@@ -212,8 +212,10 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
                              cfg=SimpleNamespace(hidden_size=d))
 
     def setup(params, model, activations, directions):
+        abl = ablation.AblationSettings.parse(cfg.ablation)
         return sr.Setup(model, cfg, params.section("interventions", causal.InterventionSettings), "", items, engine,
-                        readout, layers, seed, None, root / "act" / model, root / "steering" / model / "directions.npz")
+                        readout, layers, seed, None, root / "act" / model, root / "steering" / model / "directions.npz",
+                        ablation=abl, ablation_layers=tuple(abl.validate(items, k, cfg.fit_set, n_layers)))
 
     def clean_runs(engine, tokenizer, template, stimuli, answers, positions=False, desc=None):
         raw = torch.from_numpy(rng.normal(size=(len(stimuli), k)) - 4).float()

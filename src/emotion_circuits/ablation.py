@@ -259,9 +259,8 @@ def ablation_rows(clean: Run, ablated: Run, randoms: list[Run], labels, emotions
 def run_ablation(s, h_fit: np.ndarray, fit_labels) -> tuple[dict, dict]:
     """The experiment for one model from a `steering_report.Setup` and the fitting set's h `(n, n_layers, d)`:
     returns (metrics, {"steering_ablation": rows})."""
-    cfg = AblationSettings.parse(s.settings.ablation)
+    cfg, layers = s.ablation, list(s.ablation_layers)           # parsed and checked by `steering_report.setup`
     emotions, engine, tok = list(s.readout.emotions), s.engine, s.engine.loaded.tokenizer
-    layers = cfg.validate(s.stimuli, len(emotions), s.settings.fit_set, engine.n_layers)
     items = balanced(s.stimuli[cfg.set], emotions, cfg.n_items)
     labels = np.array([x.emotion for x in items])
     if len(items) < cfg.n_folds * len(emotions) or min((labels == e).sum() for e in emotions) < cfg.n_folds:

@@ -590,9 +590,6 @@ def affect_plane(planes: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-ABLATION_COLORS = SERIES   # one per ablation layer
-
-
 @styled
 def ablation_drop(rows: dict[str, pd.DataFrame]) -> Figure:
     """Directional ablation (`rows`: the steering stage's steering_ablation.csv): the drop of the refit 8-class
@@ -605,7 +602,7 @@ def ablation_drop(rows: dict[str, pd.DataFrame]) -> Figure:
     for ax, (model, frame) in zip(axes, rows.items()):
         ax.axhline(0, color=GREY, lw=0.8, zorder=0)
         for i, (layer, part) in enumerate(frame.groupby("ablation_layer", sort=True)):
-            color = ABLATION_COLORS[i % len(ABLATION_COLORS)]
+            color = SERIES[i % len(SERIES)]
             _band(ax, part, "drop", color, marker="o")
             _band(ax, part, "random_drop", color, ls=":", alpha=0.08)
             ax.axvline(part["depth"].min(), color=color, lw=0.8, ls=(0, (2, 3)), zorder=0)

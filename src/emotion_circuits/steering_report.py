@@ -49,6 +49,8 @@ class Setup:
     directions: Path        # where the directions are saved
     generation: generation.GenerationSettings = generation.GenerationSettings()
     affect: affect.AffectSettings = affect.AffectSettings()
+    ablation: AblationSettings = AblationSettings()
+    ablation_layers: tuple[int, ...] = ()   # checked against the model in `setup`
 
 
 def setup(params: Params, model: str, activations="data/activations", directions=None) -> Setup:
@@ -77,7 +79,7 @@ def setup(params: Params, model: str, activations="data/activations", directions
     stimuli = {name: load_stimuli(params.stimulus_file(name), name) for name in (cfg.set, cfg.grain_set, ablation.set)}
     loaded = load_model(model, params)
     layers = resolve_layers(cfg.layers, loaded.n_layers, "steering.layers", cfg.layer_step)
-    ablation.validate(params.stimuli, len(params.emotions), cfg.fit_set, loaded.n_layers)
+    ablation_layers = ablation.validate(params.stimuli, len(params.emotions), cfg.fit_set, loaded.n_layers)
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
     engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
     gen = params.section("steering_generation", generation.GenerationSettings).check(loaded.n_layers,
@@ -85,7 +87,8 @@ def setup(params: Params, model: str, activations="data/activations", directions
     affect_cfg = params.section("steering_affect", affect.AffectSettings)
     return Setup(model, cfg, shared, params.prompt(shared.prompt).template, stimuli, engine, readout, layers,
                  params.seed + SEED_OFFSET, answers, root,
-                 Path(directions) if directions else Path("data/steering") / model / "directions.npz", gen, affect_cfg)
+                 Path(directions) if directions else Path("data/steering") / model / "directions.npz", gen, affect_cfg,
+                 ablation, tuple(ablation_layers))
 
 
 def run_steering(s: Setup):
