@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from emotion_circuits.ablation import (AblationSettings, Run, ablation_rows, emotion_basis, matched_random, project,
+from emotion_circuits.ablation import (AblationSettings, Run, ablated_items, ablated_items_plain, ablation_rows,
+                                       clean_items, emotion_basis, matched_random, project,
                                        removed_norm, uniform_random)
 from emotion_circuits.config import EMOTIONS, ConfigError
 from emotion_circuits.extract import tokenize_prompt
@@ -65,6 +66,29 @@ def test_fast_path_clean_run_under_the_projection_equals_the_plain_hooked_forwar
     assert (fast - engine.prepare(ids).raw).abs().max() > 1e-3        # the projection does move the scores
     with pytest.raises(SiteError, match="every position"):
         engine.run(engine.prepare(ids), [[iv]])
+
+
+def test_ablated_runs_from_the_clean_states_equal_the_plain_run_from_the_first_token(tiny):
+    """The fast path starts each condition at block l + 1 from the clean h[l] projected, all bases side by side;
+    the plain path runs every prompt from its first token under the project hook. Same h at every layer at the
+    extraction position and the same calibrated scores; and a wrong start (projecting h[l-1] instead) differs."""
+    readout = Readout.build(tiny.tokenizer, AnswerSettings())
+    engine = Engine(tiny, readout)
+    d, layer = tiny.model.config.hidden_size, 1
+    prompts = [tokenize_prompt(tiny.tokenizer, TEMPLATE, t).ids for t in
+               ("The clerk filed the form on time.", "A parcel came on Tuesday and was signed for.")]
+    offsets = torch.randn(len(EMOTIONS))
+    bases = [_basis(d, 7, 1).numpy(), _basis(d, 7, 2).numpy(), np.zeros((0, d), np.float32)]
+    clean, _, preps = clean_items(engine, prompts, offsets, [layer])
+    fast = ablated_items(engine, preps, offsets, layer, bases)
+    plain = ablated_items_plain(engine, prompts, offsets, layer, bases)
+    for f, p in zip(fast, plain):
+        np.testing.assert_allclose(f.h, p.h, rtol=0, atol=2e-4 * np.abs(p.h).max())
+        np.testing.assert_allclose(f.scores, p.scores, rtol=0, atol=5e-4)
+    np.testing.assert_allclose(fast[2].scores, clean.scores, rtol=0, atol=5e-4)   # the null basis: the clean run
+    assert np.abs(fast[0].scores - clean.scores).max() > 1e-3
+    wrong = ablated_items_plain(engine, prompts, offsets, layer - 1, bases[:1])[0]
+    assert np.abs(wrong.scores - fast[0].scores).max() > 1e-3
 
 
 def test_a_malformed_basis_is_a_one_line_site_error():

@@ -217,7 +217,8 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
                         readout, layers, seed, None, root / "act" / model, root / "steering" / model / "directions.npz",
                         ablation=abl, ablation_layers=tuple(abl.validate(items, k, cfg.fit_set, n_layers)))
 
-    def clean_runs(engine, tokenizer, template, stimuli, answers, positions=False, desc=None):
+    def clean_runs(engine, tokenizer, template, stimuli, answers, positions=False, desc=None, offsets=None,
+                   cache=None):
         raw = torch.from_numpy(rng.normal(size=(len(stimuli), k)) - 4).float()
         log_probs = causal.calibrate(raw, torch.zeros(k))
         return causal.Clean([], raw, torch.zeros(k), log_probs, readout.top1(log_probs),
@@ -257,17 +258,17 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
 
     ablated_labels = []
 
-    def clean_items(engine, prompts, offsets, layers):             # ablation: the clean run, h[l] at every position
+    def clean_items(engine, prompts, offsets, layers, prepared=None):  # ablation: the clean run, h[l] everywhere
         ablated_labels[:] = [x.emotion for x in ablation.balanced(items["B"], EMOTIONS, len(prompts))]
-        return signal(len(prompts), ablated_labels, 2.0), {l: rng.normal(size=(5 * len(prompts), d)) for l in layers}
+        return (signal(len(prompts), ablated_labels, 2.0), {l: rng.normal(size=(5 * len(prompts), d)) for l in layers},
+                list(prompts))
 
     def ablated_items(engine, prompts, offsets, layer, bases):     # the emotion subspace removes the class
         return [signal(len(prompts), ablated_labels, 0.0 if i == 0 else 2.0) for i in range(len(bases))]
 
     with mock.patch.multiple(sr, setup=setup, clean_runs=clean_runs, steer=steer, against_grain=against_grain,
-                             read_activations=read_activations), mock.patch.object(sr.generation, "greedy", greedy), \
+                             read_activations=read_activations, calibration_offsets=lambda *a: torch.zeros(k)), mock.patch.object(sr.generation, "greedy", greedy), \
             mock.patch.multiple(ablation, clean_items=clean_items, ablated_items=ablated_items,
-                                calibration_offsets=lambda *a: torch.zeros(k),
                                 tokenize_prompt=lambda *a: SimpleNamespace(ids=[1, 2])):
         sr.run_stage(params, model, root / "metrics", root / "plots")
 

@@ -135,7 +135,8 @@ def matched_random(h: np.ndarray, target: float, r: int, n_random: int, rng) -> 
     whose removed norm is closest to `target` are kept (the norm alone is used, no labels)."""
     h = np.asarray(h, np.float64)
     d = h.shape[1]
-    axes = np.linalg.svd(h, full_matrices=True)[2]                   # (d, d), by uncentred second moment
+    axes = np.linalg.svd(h, full_matrices=h.shape[0] < d)[2]         # (d, d), by uncentred second moment (U is
+                                                                      # never needed: n x n with full_matrices)
     coords = (h / np.linalg.norm(h, axis=1, keepdims=True)) @ axes.T  # unit rows in axis coordinates
     mc = rng.standard_normal((N_MC, d, r))
 
@@ -181,27 +182,60 @@ def _record(engine, prep, offsets, runs: tuple[list, list]) -> None:
     runs[1].append(calibrate(prep.raw, offsets).float().cpu().numpy())
 
 
-def clean_items(engine, prompts, offsets: torch.Tensor, layers) -> tuple[Run, dict]:
+def clean_items(engine, prompts, offsets: torch.Tensor, layers, prepared: dict | None = None) -> tuple[Run, dict, list]:
     """The clean run of each prompt (token ids) and, per layer of `layers`, the clean h[layer] at every prompt
     position of every prompt stacked `(total positions, d)` float64: where the projection acts, so where the removed
-    norms are measured and matched."""
-    runs, states = ([], []), {layer: [] for layer in layers}
+    norms are measured and matched. `prepared`: clean runs already made (`Engine.prepare(ids, positions=True)`,
+    keyed by the ids tuple), reused and added to. Returns (Run, states, the Prepared of each prompt)."""
+    runs, states, preps = ([], []), {layer: [] for layer in layers}, []
+    prepared = {} if prepared is None else prepared
     for ids in tqdm(prompts, desc="ablation clean", leave=False):
-        prep = engine.prepare(ids, positions=True)
+        key = tuple(ids)
+        if key not in prepared:
+            prepared[key] = engine.prepare(ids, positions=True)
+        prep = prepared[key]
+        preps.append(prep)
         _record(engine, prep, offsets, runs)
         for layer in layers:
             states[layer].append(torch.cat([prep.prompt_resid[layer + 1], prep.resid[layer + 1, :1]]).double().cpu())
-    return Run(np.stack(runs[0]), np.stack(runs[1])), {l: torch.cat(v).numpy() for l, v in states.items()}
+    return Run(np.stack(runs[0]), np.stack(runs[1])), {l: torch.cat(v).numpy() for l, v in states.items()}, preps
 
 
-def ablated_items(engine, prompts, offsets: torch.Tensor, layer: int, bases) -> list[Run]:
-    """Each prompt once per basis `(r, d)` in `bases`, projected out of h[layer] at every position: one Run each."""
+def ablated_items_plain(engine, prompts, offsets: torch.Tensor, layer: int, bases) -> list[Run]:
+    """The plain path of `ablated_items`: each prompt run from its first token once per basis `(r, d)` under a
+    `project` hook at h[layer] (every position, the answer tokens included). Kept as the reference of the tests
+    and the bench."""
     bases = [torch.as_tensor(np.asarray(b), dtype=engine.model.dtype) for b in bases]
     out = [([], []) for _ in bases]
-    for ids in tqdm(prompts, desc=f"ablation h{layer}", leave=False):
+    for ids in tqdm(prompts, desc=f"ablation h{layer} (plain)", leave=False):
         for runs, basis in zip(out, bases):
             with hooked(engine.model, interventions=[Intervention(Site("h", layer), "project", basis)]):
                 _record(engine, engine.prepare(ids), offsets, runs)
+    return [Run(np.stack(h), np.stack(s)) for h, s in out]
+
+
+def ablated_items(engine, prepared: list, offsets: torch.Tensor, layer: int, bases) -> list[Run]:
+    """Each clean run in `prepared` (made with positions=True) once per basis `(r, d)` in `bases`, with the basis
+    projected out of h[layer] at every position: blocks 0..layer are the clean run's (the projection acts on their
+    output), so each condition starts at block layer + 1 from the clean h[layer] (every prompt position and the
+    answer tree's columns) projected; all bases of one prompt run side by side in one call. One Run per basis."""
+    bases = [torch.as_tensor(np.asarray(b), dtype=engine.model.dtype) for b in bases]
+    out = [([], []) for _ in bases]
+    k = len(bases)
+    with torch.inference_mode():
+        for prep in tqdm(prepared, desc=f"ablation h{layer}", leave=False):
+            n = len(prep.ids)
+            tail = torch.cat([prep.prompt_resid[layer + 1], prep.resid[layer + 1]])      # (G, d): h[layer] clean
+            h = torch.cat([tail - (tail @ b.to(tail.device).T) @ b.to(tail.device) for b in bases])[None]
+            inputs = []
+            final = engine._blocks(prep, h, layer + 1, 0, k, inputs=inputs)
+            width = tail.shape[0]
+            raw = engine._scores(final.view(k, width, -1)[:, n - 1:]).cpu()
+            later = torch.stack([x.view(k, width, -1)[:, n - 1] for x in inputs])           # (L - layer, k, d)
+            for j, (runs, basis) in enumerate(zip(out, bases)):
+                sites = [prep.sites[Site("h", i)] for i in range(layer)] + list(later[:, j])
+                runs[0].append(torch.stack(sites).float().cpu().numpy())
+                runs[1].append(calibrate(raw[j], offsets).float().cpu().numpy())
     return [Run(np.stack(h), np.stack(s)) for h, s in out]
 
 
@@ -267,9 +301,9 @@ def run_ablation(s, h_fit: np.ndarray, fit_labels) -> tuple[dict, dict]:
         raise DataError(f"set {cfg.set}: {len(items)} items ({dict(zip(*np.unique(labels, return_counts=True)))}); "
                         f"steering.ablation needs n_folds ({cfg.n_folds}) of each emotion")
     rng = np.random.default_rng(s.seed + 7)
-    offsets = calibration_offsets(engine, tok, s.template, s.answers)
+    offsets = s.offsets if s.offsets is not None else calibration_offsets(engine, tok, s.template, s.answers)
     prompts = [tokenize_prompt(tok, s.template, x.text).ids for x in items]
-    clean, states = clean_items(engine, prompts, offsets, layers)
+    clean, states, preps = clean_items(engine, prompts, offsets, layers, s.prepared)
     fitted = {}
     for layer in layers:
         basis = emotion_basis(h_fit[:, layer], fit_labels, emotions)
@@ -282,7 +316,7 @@ def run_ablation(s, h_fit: np.ndarray, fit_labels) -> tuple[dict, dict]:
                "per_layer": {}}
     rows = []
     for layer, (basis, matched, n_norm, fit_norm) in fitted.items():
-        runs = ablated_items(engine, prompts, offsets, layer, [basis, *matched.bases])
+        runs = ablated_items(engine, preps, offsets, layer, [basis, *matched.bases])
         ablated, randoms = runs[0], runs[1:]
         b = torch.as_tensor(basis, dtype=torch.float64)
         h_l = torch.as_tensor(ablated.h[:, layer], dtype=torch.float64)

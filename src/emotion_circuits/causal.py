@@ -152,15 +152,23 @@ def calibration_offsets(engine: Engine, tokenizer, template: str, answers: Answe
 
 
 def clean_runs(engine: Engine, tokenizer, template: str, stimuli, answers: AnswerSettings, keep_cache: bool = True,
-               positions: bool = False, desc: str = "clean") -> Clean:
+               positions: bool = False, desc: str = "clean", offsets: torch.Tensor | None = None,
+               cache: dict | None = None) -> Clean:
     """The clean run of every stimulus (caches kept unless keep_cache is false; positions: see `Engine.prepare`)
-    and the calibrated answers."""
+    and the calibrated answers. offsets: the calibration offsets if already computed; cache: clean runs by token
+    ids, reused and added to (an entry made with positions=True serves either kind)."""
     prepared = []
     for stimulus in tqdm(stimuli, desc=desc, leave=False):
-        prep = engine.prepare(tokenize_prompt(tokenizer, template, stimulus.text).ids, positions=positions)
+        ids = tuple(tokenize_prompt(tokenizer, template, stimulus.text).ids)
+        prep = cache.get(ids) if cache is not None else None
+        if prep is None or (positions and prep.prompt_resid is None):
+            prep = engine.prepare(ids, positions=positions)
+            if cache is not None:
+                cache[ids] = prep
         prepared.append(prep if keep_cache else prep.without_cache())
     raw = torch.stack([p.raw for p in prepared])
-    offsets = calibration_offsets(engine, tokenizer, template, answers)
+    if offsets is None:
+        offsets = calibration_offsets(engine, tokenizer, template, answers)
     log_probs = calibrate(raw, offsets)
     return Clean(prepared, raw, offsets, log_probs, engine.readout.top1(log_probs),
                  np.array([s.emotion for s in stimuli]))

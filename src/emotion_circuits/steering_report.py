@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import affect, generation
 from .ablation import AblationSettings, run_ablation
-from .causal import InterventionSettings, clean_runs, resolve_layers
+from .causal import InterventionSettings, calibration_offsets, clean_runs, resolve_layers
 from .config import ConfigError, Params
 from .interventions import Engine
 from .io import DataError, save_npz, write_csv, write_json
@@ -51,6 +52,8 @@ class Setup:
     affect: affect.AffectSettings = affect.AffectSettings()
     ablation: AblationSettings = AblationSettings()
     ablation_layers: tuple[int, ...] = ()   # checked against the model in `setup`
+    offsets: torch.Tensor | None = None     # the calibration offsets, computed once in `run_steering`
+    prepared: dict = field(default_factory=dict)   # clean runs by token ids, shared by grain and ablation
 
 
 def setup(params: Params, model: str, activations="data/activations", directions=None) -> Setup:
@@ -105,14 +108,16 @@ def run_steering(s: Setup):
              scale=directions.scale, emotions=np.array(emotions), removed=directions.removed[s.layers])
     at_text = cfg.where == "text"
     items = s.stimuli[cfg.set][:cfg.n_items]
-    clean = clean_runs(s.engine, tok, s.template, items, s.answers, positions=at_text, desc=f"clean {cfg.set}")
+    s.offsets = calibration_offsets(s.engine, tok, s.template, s.answers)
+    clean = clean_runs(s.engine, tok, s.template, items, s.answers, positions=at_text, desc=f"clean {cfg.set}",
+                       offsets=s.offsets)
     result = steer(s.engine, s.readout, clean, directions, s.layers, cfg.doses, cfg.n_random, s.seed,
                    text_positions(tok, s.template, items) if at_text else None)
     summary = steering_summary(result, emotions, n_boot, s.seed, n_flip)
     best = summary["best"]
     grain_items = balanced(s.stimuli[cfg.grain_set], emotions, cfg.n_grain)
-    grain_clean = clean_runs(s.engine, tok, s.template, grain_items, s.answers, positions=at_text,
-                             desc=f"clean {cfg.grain_set}")
+    grain_clean = clean_runs(s.engine, tok, s.template, grain_items, s.answers, positions=True,   # kept for the
+                             desc=f"clean {cfg.grain_set}", offsets=s.offsets, cache=s.prepared)  # ablation
     grain = grain_summary(against_grain(s.engine, s.readout, grain_clean, directions, best["layer"], best["dose"],
                                         cfg.n_random, s.seed + 1,
                                         text_positions(tok, s.template, grain_items) if at_text else None),
