@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUP = 3   # readings per item
 
 
-def make(out: Path, raters: int, seed: int, only: set[str] | None) -> None:
+def make(out: Path, raters: int, seed: int, only: set[str] | None, sets: Path) -> None:
     if raters % GROUP:
         raise SystemExit(f"--raters must be a multiple of {GROUP}")
-    b = load_stimuli(ROOT / "stimuli" / "set_B.jsonl", "B")
-    n = {x.id: x for x in load_stimuli(ROOT / "stimuli" / "set_N.jsonl", "N")}
+    b = load_stimuli(sets / "set_B.jsonl", "B")
+    n = {x.id: x for x in load_stimuli(sets / "set_N.jsonl", "N")}
     rng = np.random.default_rng(seed)
     halves = [[] for _ in range(raters // GROUP)]
     for k, item in enumerate(rng.permutation(len(b))):
@@ -93,12 +93,13 @@ def main() -> None:
     parser.add_argument("--raters", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", type=Path)
+    parser.add_argument("--sets", type=Path, default=ROOT / "stimuli", help="folder of set_B.jsonl and set_N.jsonl")
     parser.add_argument("--rater-name", default="reader")
     parser.add_argument("--target", type=Path, default=ROOT / "stimuli" / "ratings.jsonl")
     args = parser.parse_args()
     if args.action == "make":
         only = set(args.only.read_text().split()) if args.only else None
-        make(args.out, args.raters, args.seed, only)
+        make(args.out, args.raters, args.seed, only, args.sets)
     else:
         collect(args.out, args.rater_name, args.target)
 
