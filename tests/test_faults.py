@@ -22,7 +22,7 @@ def extract_cmd(tmp_path, n_items, sets=("B",)):
     """A params copy whose sets hold the first n_items vignettes of Set B; the command extracts them with SmolLM2
     (one set: to --out; several: to --out-dir)."""
     params = yaml.safe_load(open("params.yaml"))
-    lines = open("stimuli/set_B.jsonl").read().splitlines()[:n_items]
+    lines = open("stimuli/sets/set_B.jsonl").read().splitlines()[:n_items]
     for name in sets:
         stim = tmp_path / f"set_{name}.jsonl"
         rows = [{k: v for k, v in json.loads(l).items() if k != "pair"} for l in lines]

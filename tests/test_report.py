@@ -35,7 +35,7 @@ LEXICON = "rage: [furious]\ngrief: [heartbroken]\n"
 
 PARAMS = {
     "seed": 0,
-    "stimuli": {s: f"stimuli/set_{s}.jsonl" for s in "ABNC"},
+    "stimuli": {s: f"stimuli/sets/set_{s}.jsonl" for s in "ABNC"},
     "models": {**{m: {"source": "hf", "hf_id": f"x/{m}"} for m in MODELS},
                **{f"{m}-random-init": {"source": "random-init", "base": m} for m in MODELS}},
     "prompts": {"two-shot": {"template": "Text: {text}\nAnswer:"}, "zero-shot": {"template": "{text}\nAnswer:"}},

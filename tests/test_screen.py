@@ -72,7 +72,7 @@ def test_baselines_chance_on_shuffled_labels_and_one_on_a_length_cue():
 
 def test_stage_fails_in_one_line_naming_the_item_and_writes_nothing(tmp_path):
     params = yaml.safe_load(open("params.yaml"))
-    lines = open("stimuli/set_C.jsonl").read().splitlines()
+    lines = open("stimuli/sets/set_C.jsonl").read().splitlines()
     first = json.loads(lines[0])
     first["text"] += " Everyone was terrified."
     (tmp_path / "set_C.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")

@@ -34,6 +34,28 @@ def test_shipped_sets_load_with_mutual_pairs_balance_and_domains():
         assert len({s.domain for s in sets["B"] if s.emotion == emotion}) >= 3, emotion
 
 
+def test_shipped_b_and_n_follow_the_writing_plan():
+    """Issue 23: every writer contributes equally to every emotion, every emotion has at least 4 scripts and no
+    script belongs to two emotions, at least 8 of 24 vignettes per emotion are scenes (8-12 sentences), and each twin
+    carries its vignette's writer and script. A set written by one writer per half (v2) fails the first check."""
+    from emotion_circuits.style import sentences
+    sets = load_params_sets(load_params("params.yaml"))
+    by_id = {s.id: s for s in sets["N"]}
+    writers = {s.writer for s in sets["B"]}
+    assert len(writers) >= 2
+    for emotion in EMOTIONS:
+        items = [s for s in sets["B"] if s.emotion == emotion]
+        per_writer = Counter(s.writer for s in items)
+        assert set(per_writer) == writers and len(set(per_writer.values())) == 1, (emotion, per_writer)
+        assert len({s.script for s in items}) >= 4, emotion
+        assert sum(8 <= len(sentences(s.text)) <= 12 for s in items) >= 8, emotion
+    owner = {}
+    for s in sets["B"]:
+        assert owner.setdefault(s.script, s.emotion) == s.emotion, s.script
+        twin = by_id[s.pair]
+        assert (twin.writer, twin.script) == (s.writer, s.script), s.id
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"id": "b-1", "set": "B",', ":2: not valid JSON"),
     ('["a list"]', ":2: expected a JSON object"),

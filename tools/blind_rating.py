@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--raters", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", type=Path)
-    parser.add_argument("--sets", type=Path, default=ROOT / "stimuli", help="folder of set_B.jsonl and set_N.jsonl")
+    parser.add_argument("--sets", type=Path, default=ROOT / "stimuli" / "sets", help="folder of set_B.jsonl and set_N.jsonl")
     parser.add_argument("--rater-name", default="reader")
     parser.add_argument("--target", type=Path, default=ROOT / "stimuli" / "ratings.jsonl")
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 its neutral twin when a pair never straddles train and test (the split and the cluster bootstrap are
 stats.splits and stats.bootstrap_auroc, as in the screen).
 
-    python tools/bow_grouped.py                      # the working tree's stimuli/set_B.jsonl and set_N.jsonl
+    python tools/bow_grouped.py                      # the working tree's stimuli/sets/set_B.jsonl and set_N.jsonl
     python tools/bow_grouped.py --rev HEAD~3         # the sets as committed at a git revision
     python tools/bow_grouped.py --dir drafts/        # drafts/set_B.jsonl and drafts/set_N.jsonl
     python tools/bow_grouped.py --top 20 --easiest 15
@@ -36,7 +36,7 @@ def load(rev: str | None, folder: str = "stimuli") -> dict:
         return load_sets({name: Path(folder) / f"set_{name}.jsonl" for name in "BN"})
     tmp = Path(tempfile.mkdtemp())
     for name in "BN":
-        text = subprocess.run(["git", "show", f"{rev}:stimuli/set_{name}.jsonl"], capture_output=True, text=True,
+        text = subprocess.run(["git", "show", f"{rev}:stimuli/sets/set_{name}.jsonl"], capture_output=True, text=True,
                               check=True).stdout
         (tmp / f"set_{name}.jsonl").write_text(text, encoding="utf-8")
     return load_sets({name: tmp / f"set_{name}.jsonl" for name in "BN"})

@@ -6,7 +6,7 @@ sentence count, opening word, form, writer) then carries no information about th
 
     python tools/stimulus_plan.py --writer 3            # print writer 3's 24 assignments
     python tools/stimulus_plan.py --check draft.jsonl   # check a draft (B items and their N twins), one line a problem
-    python tools/stimulus_plan.py --assemble d1.jsonl d2.jsonl ...   # write stimuli/set_B.jsonl and set_N.jsonl
+    python tools/stimulus_plan.py --assemble d1.jsonl d2.jsonl ...   # write stimuli/sets/set_B.jsonl and set_N.jsonl
 """
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def check(path: Path) -> list[str]:
 
 
 def assemble(paths: list[Path]) -> None:
-    """Concatenate drafts into stimuli/set_B.jsonl and set_N.jsonl in params emotion order (atomic writes)."""
+    """Concatenate drafts into stimuli/sets/set_B.jsonl and set_N.jsonl in params emotion order (atomic writes)."""
     rows = {}
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -220,7 +220,7 @@ def assemble(paths: list[Path]) -> None:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise SystemExit(f"missing {len(missing)} items, first {missing[0]}")
-        out = ROOT / "stimuli" / f"set_{set_name}.jsonl"
+        out = ROOT / "stimuli" / "sets" / f"set_{set_name}.jsonl"
         tmp = out.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps({k: rows[i][k] for k in order}, ensure_ascii=False) + "\n" for i in ids),
                        encoding="utf-8")
