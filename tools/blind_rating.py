@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from emotion_circuits.io import write_text  # noqa: E402
 from emotion_circuits.ratings import ANSWERS  # noqa: E402
 from emotion_circuits.stimuli import load_stimuli  # noqa: E402
 
@@ -80,9 +80,7 @@ def collect(out: Path, rater_name: str, target: Path) -> None:
         rows = [r for r in rows if not (r["rater"] == rater and r["id"] in {key[c] for c in got})]
         rows += [{"id": key[c], "rater": rater, "answer": a} for c, a in got.items()]
     rows.sort(key=lambda r: (r["id"], r["rater"]))
-    tmp = target.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, target)
+    write_text(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"wrote {target}: {len(rows)} readings")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from emotion_circuits.config import EMOTIONS  # noqa: E402
+from emotion_circuits.io import write_text  # noqa: E402
 from emotion_circuits.screen import DISPLAY_CUES, explicit_hits, load_lexicon, n_words  # noqa: E402
 from emotion_circuits.style import is_present_tense, opening, quote_counts, sentences  # noqa: E402
 
@@ -221,10 +221,7 @@ def assemble(paths: list[Path]) -> None:
         if missing:
             raise SystemExit(f"missing {len(missing)} items, first {missing[0]}")
         out = ROOT / "stimuli" / "sets" / f"set_{set_name}.jsonl"
-        tmp = out.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps({k: rows[i][k] for k in order}, ensure_ascii=False) + "\n" for i in ids),
-                       encoding="utf-8")
-        os.replace(tmp, out)
+        write_text(out, "".join(json.dumps({k: rows[i][k] for k in order}, ensure_ascii=False) + "\n" for i in ids))
         print(f"wrote {out} ({len(ids)} items)")
 
 
