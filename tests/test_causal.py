@@ -290,3 +290,11 @@ def test_unknown_site_stage_script_one_line(tmp_path):
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 1
     assert run.stderr.strip() == "error: params.yaml: patching.sites: 'resid' is not one of h, a, m"
+
+
+def test_common_prefix_counts_the_leading_ids_every_prompt_shares():
+    from emotion_circuits.causal import common_prefix
+    assert common_prefix([(1, 2, 3, 4), (1, 2, 5), (1, 2, 3)]) == 2
+    assert common_prefix([(1, 2), (1, 2, 3)]) == 2
+    assert common_prefix([(7, 2), (1, 2)]) == 0
+    assert common_prefix([(1, 2, 3)]) == 0                 # one prompt: nothing is shared

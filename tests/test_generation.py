@@ -8,7 +8,9 @@ import torch
 
 from conftest import tiny_model
 from emotion_circuits.config import EMOTIONS, ConfigError, parse_section
-from emotion_circuits.generation import (NRC_CATEGORY, GenerationSettings, generation_summary, greedy, nrc_share,
+from emotion_circuits.decoder import Decoder
+from emotion_circuits.generation import (NRC_CATEGORY, GenerationSettings, adding, generation_summary, greedy,
+                                         greedy_shared, nrc_share, shared_prefill,
                                          run_generation)
 from emotion_circuits.nrc import NRC_EMOTIONS, load_nrc
 from emotion_circuits.steering import Directions
@@ -124,3 +126,35 @@ def test_bad_params_give_one_line_errors(raw, key):
         GenerationSettings(layer=30).check(30, 10)
     with pytest.raises(ConfigError, match="steering_generation.n_texts"):
         GenerationSettings(n_texts=5).check(30, 4)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_shared_prefill_equals_every_row_from_its_first_token(tiny, where, monkeypatch):
+    """One prompt, many additions at h[l]: the shared prefill's cache gives the last prompt token the logits of the
+    plain hooked forward of each row from its first token, on a prompt longer than the tiny models' sliding window
+    (16), and the continuations equal the plain path's. The method can fail: without the per-row pass of blocks
+    l+1.. (every row keeping the unsteered keys and values there) the logits differ wherever blocks follow l."""
+    d, L = tiny.model.config.hidden_size, tiny.model.config.num_hidden_layers
+    layer = {"first": 0, "middle": L // 2, "last": L - 1}[where]
+    text = "A bus left the depot at noon and the driver waved at"
+    ids = tiny.tokenizer([text], return_tensors="pt")["input_ids"]
+    vectors = torch.randn(4, d, generator=torch.Generator().manual_seed(1))
+    vectors[0] = 0
+
+    def last_logits(cache):
+        with torch.no_grad(), adding(tiny.model, layer, vectors):
+            return tiny.model(input_ids=ids[:, -1:].repeat(len(vectors), 1), cache=cache).logits[:, -1]
+
+    with torch.no_grad(), adding(tiny.model, layer, vectors):
+        plain_logits = tiny.model(input_ids=ids.repeat(len(vectors), 1)).logits[:, -1]
+    shared = last_logits(shared_prefill(tiny, ids, layer, vectors))
+    assert torch.allclose(shared, plain_logits, atol=1e-4, rtol=0)
+    assert (plain_logits[1:] - plain_logits[0]).abs().max() > 1e-2      # the additions do change the logits
+    texts = greedy_shared(tiny, text, 6, layer, vectors, batch_size=3)
+    assert texts == [greedy(tiny, [text], 6, layer, vectors[i:i + 1])[0] for i in range(len(vectors))]
+    if layer + 1 < L:
+        forward_from = Decoder.forward_from     # row 0 adds zero: every row gets the unsteered keys above l
+        monkeypatch.setattr(Decoder, "forward_from",
+                            lambda self, h, *a, **k: forward_from(self, h[:1].expand_as(h).contiguous(), *a, **k))
+        wrong = last_logits(shared_prefill(tiny, ids, layer, vectors))
+        assert (wrong[1:] - plain_logits[1:]).abs().max() > 1e-3

@@ -75,6 +75,31 @@ def test_fast_path_from_an_earlier_position_equals_plain_path_tiny(tiny, positio
         assert effect.median() > 1e-3  # an earlier change reaches the answer
 
 
+def test_a_shared_prefix_run_once_equals_each_prompt_from_its_first_token(tiny):
+    """Two prompts with a common start longer than the sliding window (16): prepared with the shared prefix run once
+    (`shared=`), the clean run (keys, values, block inputs at every position, sites, scores) and interventions at
+    an earlier position equal the prompt run from its first token. The check can fail: a kept run of another
+    prefix of the same length gives other scores."""
+    head = "Text: The lift stopped between floors and the lights went out. "
+    prompts = [ids_of(tiny, head + "Then it moved.\nAnswer:"), ids_of(tiny, head + "Nobody came.\nAnswer:")]
+    shared = next(i for i, (a, b) in enumerate(zip(*prompts)) if a != b)
+    assert shared > 16
+    cfg = tiny.model.config
+    groups = mixed_groups(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, position=-6)
+    engine = engine_for(tiny, batch_size=8)
+    for ids in prompts:
+        once, alone = engine.prepare(ids, positions=True, shared=shared), engine.prepare(ids, positions=True)
+        for a, b in [*zip(once.keys, alone.keys), *zip(once.values, alone.values),
+                     (once.resid, alone.resid), (once.prompt_resid, alone.prompt_resid), (once.raw, alone.raw)]:
+            torch.testing.assert_close(a, b, rtol=0, atol=TINY_ATOL)
+        torch.testing.assert_close(engine.run(once, groups), engine.run(alone, groups), rtol=0, atol=TINY_ATOL)
+    assert list(engine._shared) == [tuple(prompts[0][:shared])]
+    other = ids_of(tiny, "Text: A dog barked at the far end of the yard, twice and loud. Then it moved.\nAnswer:")
+    engine._shared[tuple(prompts[0][:shared])] = engine._shared_run(tuple(other[:shared]), True)
+    wrong = engine.prepare(prompts[0], shared=shared)
+    assert (wrong.raw - engine.prepare(prompts[0]).raw).abs().max() > 1e-3
+
+
 def test_clean_run_matches_the_model(tiny):
     """prepare(): every site and every block input at the last token equal the plain forward pass's, the clean
     scores the plain path's, and the prefix states the hidden states at earlier positions."""

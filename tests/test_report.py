@@ -250,6 +250,9 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
     def greedy(loaded, prompts, *args, **kwargs):                  # generation: fixed continuations
         return ["the clerk was angry, then glad" for _ in prompts]
 
+    def greedy_shared(loaded, text, max_new_tokens, layer, vectors, *args, **kwargs):   # one text, many rows
+        return greedy(loaded, [text] * len(vectors))
+
     def signal(n, labels, strength):
         """Run-shaped h: the class sits on the first k axes with `strength` at every layer; scores follow it."""
         h = rng.normal(size=(n, n_layers, d)).astype(np.float32)
@@ -267,7 +270,7 @@ def write_steering(root: Path, params, model: str, n_layers: int, seed: int) -> 
         return [signal(len(prompts), ablated_labels, 0.0 if i == 0 else 2.0) for i in range(len(bases))]
 
     with mock.patch.multiple(sr, setup=setup, clean_runs=clean_runs, steer=steer, against_grain=against_grain,
-                             read_activations=read_activations, calibration_offsets=lambda *a: torch.zeros(k)), mock.patch.object(sr.generation, "greedy", greedy), \
+                             read_activations=read_activations, calibration_offsets=lambda *a: torch.zeros(k)), mock.patch.multiple(sr.generation, greedy=greedy, greedy_shared=greedy_shared), \
             mock.patch.multiple(ablation, clean_items=clean_items, ablated_items=ablated_items,
                                 tokenize_prompt=lambda *a: SimpleNamespace(ids=[1, 2])):
         sr.run_stage(params, model, root / "metrics", root / "plots")

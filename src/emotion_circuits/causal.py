@@ -151,6 +151,18 @@ def calibration_offsets(engine: Engine, tokenizer, template: str, answers: Answe
     return torch.stack(raw).mean(0)
 
 
+def common_prefix(all_ids) -> int:
+    """The number of leading token ids every prompt of `all_ids` shares (the template's fixed part), or 0 for
+    fewer than two prompts."""
+    if len(all_ids) < 2:
+        return 0
+    n = min(map(len, all_ids))
+    first = all_ids[0]
+    for other in all_ids[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
 def clean_runs(engine: Engine, tokenizer, template: str, stimuli, answers: AnswerSettings, keep_cache: bool = True,
                positions: bool = False, desc: str = "clean", offsets: torch.Tensor | None = None,
                cache: dict | None = None) -> Clean:
@@ -158,11 +170,12 @@ def clean_runs(engine: Engine, tokenizer, template: str, stimuli, answers: Answe
     and the calibrated answers. offsets: the calibration offsets if already computed; cache: clean runs by token
     ids, reused and added to (an entry made with positions=True serves either kind)."""
     prepared = []
-    for stimulus in tqdm(stimuli, desc=desc, leave=False):
-        ids = tuple(tokenize_prompt(tokenizer, template, stimulus.text).ids)
+    all_ids = [tuple(tokenize_prompt(tokenizer, template, stimulus.text).ids) for stimulus in stimuli]
+    shared = common_prefix(all_ids)
+    for ids in tqdm(all_ids, desc=desc, leave=False):
         prep = cache.get(ids) if cache is not None else None
         if prep is None or (positions and prep.prompt_resid is None):
-            prep = engine.prepare(ids, positions=positions)
+            prep = engine.prepare(ids, positions=positions, shared=shared)
             if cache is not None:
                 cache[ids] = prep
         prepared.append(prep if keep_cache else prep.without_cache())

@@ -5,8 +5,10 @@ continuation of `max_new_tokens` tokens under three conditions per emotion e: un
 added to h[l] at EVERY position (prompt and generated tokens; the hook sees the prompt in the first forward pass and
 one new token per later pass of the KV cache); random, alpha * s_l * u with u a random unit direction (the same norm;
 one seeded draw per text and emotion). l and alpha: the steering grid's best cell unless params override them.
-All rows go through `model.generate` in batches (left padding, attention mask, KV cache) with one forward hook whose
-addition differs per row (the unsteered rows add zero).
+A text's 1 + 2 * 8 rows differ only from h[l] on, so they share its prefill (`greedy_shared`): the text's prompt runs
+once, blocks l+1.. run per row on h[l] plus the row's vector at every prompt position, and `model.generate` goes on
+from that cache with one forward hook whose addition differs per row (the unsteered row adds zero). `greedy`, every
+row from its first token in left-padded batches, is the reference the tests hold it to.
 
 Per continuation: the share of its words (nrc.words) whose NRC categories include e's category (NRC_CATEGORY).
 Cells are (text, emotion): means of steered, unsteered and random shares with bootstrap intervals over texts (a
@@ -16,15 +18,18 @@ d_e acts as one more random direction, so each cell's pair is exchangeable).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from . import stats
 from .causal import unit_directions
 from .config import ConfigError
+from .decoder import Decoder
 from .nrc import load_nrc, words
 from .sites import Site, _put, _take, site_module
 
@@ -101,6 +106,55 @@ def greedy(loaded, texts: list[str], max_new_tokens: int, layer: int | None = No
     return out
 
 
+def shared_prefill(loaded, ids: torch.Tensor, layer: int, vectors: torch.Tensor) -> DynamicCache:
+    """The cache of prompt `ids (1, n)` but its last token for len(vectors) rows, row r steered by vectors[r] added
+    at h[layer] at every position. Blocks 0..layer never see the addition, so they run once and their keys and
+    values are copied to every row; blocks layer+1.. run per row on h[layer] + vectors[r]."""
+    decoder = Decoder(loaded)
+    module, index = site_module(loaded.model, Site("h", layer))
+    states = []
+    handle = module.register_forward_hook(lambda _m, _i, out: states.append(_take(out, index)))
+    try:
+        with torch.no_grad():
+            shared = DynamicCache(config=loaded.model.config)
+            decoder.base(input_ids=ids[:, :-1], cache=shared, use_cache=True)
+    finally:
+        handle.remove()
+    v = vectors.to(device=states[0].device, dtype=states[0].dtype)
+    cache = DynamicCache(config=loaded.model.config)
+    for i in range(layer + 1):
+        cache.layers[i] = copy.copy(shared.layers[i])
+        cache.layers[i].keys = shared.layers[i].keys.expand(len(v), -1, -1, -1).contiguous()
+        cache.layers[i].values = shared.layers[i].values.expand(len(v), -1, -1, -1).contiguous()
+    if layer + 1 < decoder.n_layers:
+        masks, position_ids = decoder.causal(ids.shape[1] - 1, 0, v.dtype, v.device)
+        with torch.no_grad():
+            decoder.forward_from(states[0] + v[:, None, :], layer + 1, cache, masks, position_ids)
+    return cache
+
+
+def greedy_shared(loaded, text: str, max_new_tokens: int, layer: int, vectors: torch.Tensor,
+                  batch_size: int = 72) -> list[str]:
+    """`greedy([text] * len(vectors), max_new_tokens, layer, vectors)` with one shared prefill of the blocks
+    0..layer (`shared_prefill`); generation goes on from that cache, the hook adding at the last prompt token and
+    at every new token as in `greedy`."""
+    tok, model = loaded.tokenizer, loaded.model
+    ids = tok([text], return_tensors="pt")["input_ids"].to(loaded.device)
+    if ids.shape[1] < 2:
+        return greedy(loaded, [text] * len(vectors), max_new_tokens, layer, vectors, batch_size)
+    out = []
+    for start in range(0, len(vectors), batch_size):
+        v = vectors[start:start + batch_size]
+        cache = shared_prefill(loaded, ids, layer, v)
+        rows = ids.repeat(len(v), 1)
+        with torch.no_grad(), adding(model, layer, v):
+            new = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), cache=cache,
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+        out += tok.batch_decode(new[:, rows.shape[1]:], skip_special_tokens=True)
+    return out
+
+
 def nrc_share(text: str, category: str, nrc: dict) -> tuple[float, int]:
     """(share of the words of `text` whose NRC categories include `category`, number of words); 0 for no words."""
     ws = words(text)
@@ -151,12 +205,14 @@ def run_generation(loaded, stimuli, directions, emotions, best: dict, cfg: Gener
     norm = float(dose * directions.scale[layer])
     d_e = torch.from_numpy(directions.directions[layer]) * norm                       # (k, d)
     u = unit_directions(np.random.default_rng(seed), (n, k), d) * norm                  # (n, k, d)
-    prompts = texts + [t for t in texts for _ in range(k)] * 2
-    vectors = torch.cat([torch.zeros(n, d), d_e.repeat(n, 1), u.reshape(n * k, d)])
-    out = greedy(loaded, prompts, cfg.max_new_tokens, layer, vectors, cfg.batch_size)
-    unsteered, steered, random = out[:n], out[n:n + n * k], out[n + n * k:]
-    rows = rows_for(texts, [s.id for s in items], emotions, unsteered,
-                    [steered[i * k:(i + 1) * k] for i in range(n)], [random[i * k:(i + 1) * k] for i in range(n)])
+    unsteered, steered, random = [], [], []
+    for i, text in enumerate(texts):   # per text: unsteered (a zero addition), k steered, k random; one prefill
+        vectors = torch.cat([torch.zeros(1, d), d_e, u[i]])
+        out = greedy_shared(loaded, text, cfg.max_new_tokens, layer, vectors, cfg.batch_size)
+        unsteered.append(out[0])
+        steered.append(out[1:1 + k])
+        random.append(out[1 + k:])
+    rows = rows_for(texts, [s.id for s in items], emotions, unsteered, steered, random)
     metrics = {"layer": int(layer), "dose": float(dose), "max_new_tokens": cfg.max_new_tokens,
                **generation_summary(rows, n_boot, cfg.n_flip, seed)}
     log.info("generation at h%d dose %g: NRC share steered %.3f, unsteered %.3f, random %.3f (p %.3g)", layer, dose,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from .decoder import Decoder
 from .models import LoadedModel
 from .readout import Readout
 from .sites import Intervention, Site, SiteError, all_sites, decoder_layers, hooked, site_module
 
 Group = Sequence[Intervention]
-LAYER_TYPES = ("full_attention", "sliding_attention")
 LOGIT_BUDGET = 2 ** 24  # floats of full-vocabulary logits computed at once (64 MB in float32)
 
 
@@ -257,28 +256,16 @@ class Prepared:
         return Prepared(self.ids, None, None, self.resid, self.sites, self.raw)
 
 
-class Engine:
+class Engine(Decoder):
     """Fast-path runner for one model and readout. batch_size: groups per call; skip_lower_layers: start at the
     lowest intervened layer (False: always at block 0)."""
 
     def __init__(self, loaded: LoadedModel, readout: Readout, batch_size: int = 64, skip_lower_layers: bool = True):
-        self.loaded, self.model, self.readout = loaded, loaded.model, readout
-        self.layers = decoder_layers(self.model)
-        self.base = next(m for m in self.model.modules() if getattr(m, "layers", None) is self.layers)
-        self.cfg = self.model.config.get_text_config()
-        self.n_layers = len(self.layers)
+        super().__init__(loaded)
+        self.readout = readout
         self.batch_size, self.skip = batch_size, skip_lower_layers
-        self.layer_types = list(getattr(self.cfg, "layer_types", None) or ["full_attention"] * self.n_layers)
-        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
-        if unknown or getattr(self.cfg, "use_bidirectional_attention", False):
-            raise SiteError(f"{loaded.name}: attention {unknown or 'bidirectional'} is not supported by the fast path "
-                            "(causal full or sliding-window attention only)")
-        self.window = getattr(self.cfg, "sliding_window", None)
-        self._rope_by_type = "layer_type" in inspect.signature(self.base.rotary_emb.forward).parameters
-        head = self.model.get_output_embeddings()
-        self.weight, self.bias = head.weight, head.bias
-        self.softcap = getattr(self.cfg, "final_logit_softcapping", None)
         self.tree = _Tree.build(readout.sequences)
+        self._shared: dict = {}   # shared prefix ids -> its run (`_shared_run`)
 
     def _layout(self, n_prompt: int, start: int):
         """Columns of one group when recomputing from prompt position `start`: the prompt tokens start..n-1, then
@@ -291,40 +278,15 @@ class Engine:
         allowed[tail - 1:, tail - 1:] = self.tree.allowed
         return positions, allowed, tail - 1
 
-    def _masks(self, positions: torch.Tensor, allowed: torch.Tensor, k: int, n_prefix: int, dtype, device) -> dict:
-        """Additive masks `(1, 1, k*G, n_prefix + k*G)` per layer type for k groups side by side."""
-        q = positions.repeat(k)
-        kv = torch.cat([torch.arange(n_prefix), q])
-        ok = torch.cat([torch.ones(len(q), n_prefix, dtype=torch.bool), torch.block_diag(*[allowed] * k)], dim=1)
-        out = {}
-        for kind in set(self.layer_types):
-            keep = ok if kind == "full_attention" or self.window is None else ok & (q[:, None] - kv[None] < self.window)
-            mask = torch.zeros(keep.shape, dtype=dtype).masked_fill_(~keep, torch.finfo(dtype).min)
-            out[kind] = mask.to(device)[None, None]
-        return out
-
     def _blocks(self, prepared: Prepared, h: torch.Tensor, layer0: int, start: int, k: int,
                 inputs: list | None = None) -> torch.Tensor:
         """Run blocks layer0.. on `h (1, k*G, d_model)`: k groups laid out by `_layout(n, start)`; returns the
         final-normed `(1, k*G, d_model)`. If `inputs` is a list, block l's input `(k*G, d_model)` is appended."""
         positions, allowed, _ = self._layout(len(prepared.ids), start)
-        masks = self._masks(positions, allowed, k, start, h.dtype, h.device)
+        masks = self.masks(positions, allowed, k, start, h.dtype, h.device)
         position_ids = positions.repeat(k)[None].to(h.device)
-        types = set(self.layer_types)
-        if self._rope_by_type:
-            rope = {t: self.base.rotary_emb(h, position_ids, t) for t in types}
-        else:
-            rope = dict.fromkeys(types, self.base.rotary_emb(h, position_ids))
         cache = _PrefixKV([x[..., :start, :] for x in prepared.keys], [x[..., :start, :] for x in prepared.values])
-        for layer in range(layer0, self.n_layers):
-            if inputs is not None:
-                inputs.append(h[0])
-            h = self.layers[layer](h, attention_mask=masks[self.layer_types[layer]],
-                                   position_embeddings=rope[self.layer_types[layer]], position_ids=position_ids,
-                                   cache=cache)
-        if inputs is not None:
-            inputs.append(h[0])
-        return self.base.norm(h)
+        return self.base.norm(self.forward_from(h, layer0, cache, masks, position_ids, inputs))
 
     def _scores(self, final: torch.Tensor) -> torch.Tensor:
         """Final-normed tree columns `(k, T, d_model)` -> raw scores `(k, n_emotions)`: per word the sum of its
@@ -339,22 +301,34 @@ class Engine:
                          .index_add_(1, self.tree.word.to(lp.device), per_token))
         return self.readout.combine(torch.cat(words))
 
-    def prepare(self, ids: Sequence[int], positions: bool = False) -> Prepared:
+    def prepare(self, ids: Sequence[int], positions: bool = False, shared: int = 0) -> Prepared:
         """Prefix keys and values (the model's own forward, once), and the clean run of the tree. positions=True
-        also keeps every block's input at the prefix positions, for interventions at earlier positions."""
+        also keeps every block's input at the prefix positions, for interventions at earlier positions.
+        shared: the first `shared` tokens are a prefix common to many prompts (the template's fixed part): they
+        run once per engine (`_shared_run`) and the model's forward goes on from their cache."""
         ids = tuple(int(i) for i in ids)
         if len(ids) < 2:
             raise SiteError("the fast path needs a prompt of at least two tokens")
         device, n = self.loaded.device, len(ids)
+        shared = shared if 0 < shared < n - 1 else 0
         with torch.inference_mode():
+            cache, before = DynamicCache(), None
+            if shared:
+                keys, values, before = self._shared_run(ids[:shared], positions)
+                for layer, (k, v) in enumerate(zip(keys, values)):
+                    cache.update(k, v, layer)
             states = []
             last = self.layers[-1].register_forward_hook(lambda _m, _i, out: states.append(_take(out, 0)))
             try:
-                prefix = self.base(input_ids=torch.tensor([ids[:-1]], device=device), cache=DynamicCache(),
+                prefix = self.base(input_ids=torch.tensor([ids[shared:-1]], device=device), cache=cache,
                                    use_cache=True, output_hidden_states=positions)
             finally:
                 last.remove()
-            prompt_resid = torch.cat([*prefix.hidden_states[:-1], states[-1]]) if positions else None
+            prompt_resid = None
+            if positions:
+                prompt_resid = torch.cat([*prefix.hidden_states[:-1], states[-1]])
+                if before is not None:
+                    prompt_resid = torch.cat([before, prompt_resid], dim=1)
             prepared = Prepared(ids, [layer.keys for layer in prefix.cache.layers],
                                 [layer.values for layer in prefix.cache.layers], None, {}, None, prompt_resid)
             tree_ids = self.tree.ids.clone()
@@ -367,6 +341,24 @@ class Engine:
         prepared.sites = {site: value[0] for site, value in read.items()}
         prepared.resid = torch.stack(resid)
         return prepared
+
+    def _shared_run(self, ids: tuple[int, ...], positions: bool):
+        """(keys, values per layer `(1, kv_heads, len(ids), head_dim)`, block inputs `(n_layers + 1, len(ids),
+        d_model)` or None) of the shared prefix `ids`, run once per engine and kept (with the block inputs once
+        any caller asked for positions)."""
+        kept = self._shared.get(ids)
+        if kept is None or (positions and kept[2] is None):
+            states = []
+            last = self.layers[-1].register_forward_hook(lambda _m, _i, out: states.append(_take(out, 0)))
+            try:
+                out = self.base(input_ids=torch.tensor([ids], device=self.loaded.device), cache=DynamicCache(),
+                                use_cache=True, output_hidden_states=positions)
+            finally:
+                last.remove()
+            before = torch.cat([*out.hidden_states[:-1], states[-1]]) if positions else None
+            kept = ([layer.keys for layer in out.cache.layers], [layer.values for layer in out.cache.layers], before)
+            self._shared[ids] = kept
+        return kept
 
     def _start(self, group: Group) -> int:
         return min((iv.site.layer for iv in group), default=self.n_layers - 1) if self.skip else 0

@@ -99,6 +99,7 @@ def run_steering(s: Setup):
     same-norm random directions; the specificity matrix and steering against the grain at the best cell; steered
     generation and the valence plane at the best cell; directional ablation (`ablation.run_ablation`)."""
     cfg, n_boot, n_flip, tok = s.settings, s.shared.n_boot, s.shared.n_flip, s.engine.loaded.tokenizer
+    lap = _Lap(s.name)
     emotions, d = list(s.readout.emotions), s.engine.cfg.hidden_size
     h, labels = read_activations(s.activations / f"{cfg.fit_set}.npz", s.engine.n_layers, d)
     neutral = read_activations(s.activations / f"{cfg.denoise_set}.npz", s.engine.n_layers, d)[0] \
@@ -113,6 +114,7 @@ def run_steering(s: Setup):
                        offsets=s.offsets)
     result = steer(s.engine, s.readout, clean, directions, s.layers, cfg.doses, cfg.n_random, s.seed,
                    text_positions(tok, s.template, items) if at_text else None)
+    lap("clean runs and the steering grid")
     summary = steering_summary(result, emotions, n_boot, s.seed, n_flip)
     best = summary["best"]
     grain_items = balanced(s.stimuli[cfg.grain_set], emotions, cfg.n_grain)
@@ -122,6 +124,7 @@ def run_steering(s: Setup):
                                         cfg.n_random, s.seed + 1,
                                         text_positions(tok, s.template, grain_items) if at_text else None),
                           emotions, n_boot, s.seed, n_flip)
+    lap("against the grain")
     spec = summary["specificity"]
     metrics = {"model": s.name, "set": cfg.set, "grain_set": cfg.grain_set, "fit_set": cfg.fit_set,
                "prompt": s.shared.prompt, "n": len(items), "n_grain": len(grain_items), "n_layers": s.engine.n_layers,
@@ -144,12 +147,26 @@ def run_steering(s: Setup):
             **{f"grain_{k}": v for k, v in grain["per_emotion"][e].items()}} for e in emotions]
     metrics["generation"], text = generation.run_generation(s.engine.loaded, s.stimuli[cfg.set], directions, emotions,
                                                            best, s.generation, n_boot, s.seed + 2)
+    lap("steered generation")
     metrics["affect"], plane = affect.affect(directions.directions[best["layer"]], emotions,
                                              s.affect)
     rows = summary["rows"]
     metrics["ablation"], ablation_tables = run_ablation(s, h, labels)
+    lap("directional ablation")
     return metrics, rows, list(rows[0]), {"steering_specificity": matrix, "steering_emotions": per,
                                           "steering_text": text, "steering_affect": plane, **ablation_tables}
+
+
+class _Lap:
+    """Logs the seconds since the last call, so a user sees where the stage spends its time."""
+
+    def __init__(self, name: str):
+        self.name, self.last = name, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        log.info("%s steering: %s %.1f s", self.name, what, now - self.last)
+        self.last = now
 
 
 def run_stage(params: Params, model: str, metrics_dir="metrics", plots_dir="plots", activations="data/activations",
