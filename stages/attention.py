@@ -17,6 +17,7 @@ import numpy as np
 from emotion_circuits import attention as att, cli
 from emotion_circuits.config import load_params
 from emotion_circuits.io import write_csv, write_json
+from emotion_circuits.seeds import derive
 
 log = logging.getLogger("attention")
 
@@ -49,6 +50,7 @@ def main(argv=None) -> None:
     parser.add_argument("--plots", default="plots")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    seed = derive(params.seed, "attention")
     params.model(args.model)
     settings = params.section("attention", att.AttentionSettings)
     lexicon = att.load_lexicon(settings.lexicon)
@@ -61,7 +63,7 @@ def main(argv=None) -> None:
         mask = att.emotion_word_mask(data["tokens"], data["text_start"], data["text_end"], lexicon)
         sh = att.shares(data["attention"], data["n_tokens"], data["text_start"], data["text_end"], mask)
         n_text = data["text_end"] - data["text_start"]
-        metrics["sets"][name] = att.summarize_set(sh, n_text, settings.n_boot, params.seed)
+        metrics["sets"][name] = att.summarize_set(sh, n_text, settings.n_boot, derive(seed, "sets", name))
         top = att.top_heads(sh, settings.top_heads)
         if top:
             metrics["sets"][name]["top_emotion_word_heads"] = top
@@ -76,11 +78,11 @@ def main(argv=None) -> None:
                  summary["text_ratio_peak"]["mean"], summary["text_ratio_peak"]["layer"], summary["sink_share"]["mean"],
                  summary.get("stimuli_with_emotion_words", 0))
     sa, sb = settings.compare
-    diff = att.compare_sets(per_stimulus[sa], per_stimulus[sb], settings.n_boot, params.seed)
+    diff = att.compare_sets(per_stimulus[sa], per_stimulus[sb], settings.n_boot, derive(seed, "share"))
     # significance over layers only (the last column, the mean over layers, is the headline and tested on its own)
-    by_layer = att.compare_sets(ratio[sa][:, :-1], ratio[sb][:, :-1], settings.n_boot, params.seed,
+    by_layer = att.compare_sets(ratio[sa][:, :-1], ratio[sb][:, :-1], settings.n_boot, derive(seed, "by layer"),
                                 n_perm=settings.n_perm)
-    overall = att.compare_sets(ratio[sa][:, -1:], ratio[sb][:, -1:], settings.n_boot, params.seed,
+    overall = att.compare_sets(ratio[sa][:, -1:], ratio[sb][:, -1:], settings.n_boot, derive(seed, "overall"),
                                n_perm=settings.n_perm)
     n_layers = per_stimulus[sa].shape[1] - 1
     layer_rows = [{"layer": l, "depth": (l + 1) / n_layers, "set_a": sa, "set_b": sb,

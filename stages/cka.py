@@ -23,6 +23,7 @@ import numpy as np
 from emotion_circuits import cli, geometry as geo, stats
 from emotion_circuits.config import ConfigError, load_params
 from emotion_circuits.io import write_csv, write_json
+from emotion_circuits.seeds import derive
 
 log = logging.getLogger("cka")
 
@@ -63,7 +64,7 @@ def pair_metrics(a: dict, b: dict, cka: np.ndarray, deb: np.ndarray) -> dict:
 
 def matched(a: dict, b: dict, name: str, settings: geo.CkaSettings, seed: int) -> list[dict]:
     """At each matched depth: CKA with its bootstrap interval, row-permutation null and p (BH over depths)."""
-    out = [geo.cka_null_and_interval(K, L, settings.n_perm, settings.n_boot, seed + d)
+    out = [geo.cka_null_and_interval(K, L, settings.n_perm, settings.n_boot, derive(seed, "depth", d))
            for d, (K, L) in enumerate(zip(a["grams"][name], b["grams"][name]))]
     q = stats.benjamini_hochberg(np.array([o["p"] for o in out]))
     return [{**o, "q_bh": float(v)} for o, v in zip(out, q)]
@@ -99,6 +100,7 @@ def main(argv=None) -> None:
     parser.add_argument("--plots", default="plots")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    seed = derive(params.seed, "cka")
     settings = params.section("cka", geo.CkaSettings)
     models = params.run.models
     if len(models) < 2:
@@ -110,8 +112,8 @@ def main(argv=None) -> None:
         loaded[model] = load_model(root, model, settings, reference)
         log.info("%s: %s stimuli, %d layers", model, loaded[model]["n"], loaded[model]["n_layers"])
     # one set of half-samples per set, shared by every pair: differences between pairs are paired
-    halves = {name: geo.half_samples(loaded[models[0]]["n"][name], settings.n_boot, params.seed + 7 + k)
-              for k, name in enumerate(settings.sets)}
+    halves = {name: geo.half_samples(loaded[models[0]]["n"][name], settings.n_boot, derive(seed, "halves", name))
+              for name in settings.sets}
     debiased = {}
 
     def deb_of(ma, mb, name):
@@ -126,7 +128,7 @@ def main(argv=None) -> None:
         per_set, pooled = {}, defaultdict(list)
         for name in settings.sets:
             cka, deb = compare(a, b, name)
-            found = matched(a, b, name, settings, params.seed)
+            found = matched(a, b, name, settings, derive(seed, "null", name))
             points, draws = deb_of(ma, mb, name)
             per_set[name] = {**pair_metrics(a, b, cka, deb),
                              **debiased_summary(points, draws, "mean_matched_cka_debiased"),

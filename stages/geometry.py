@@ -13,6 +13,7 @@ from pathlib import Path
 from emotion_circuits import cli, geometry as geo
 from emotion_circuits.config import EMOTIONS, load_params
 from emotion_circuits.io import DataError, write_csv, write_json
+from emotion_circuits.seeds import derive
 
 log = logging.getLogger("geometry")
 
@@ -62,7 +63,8 @@ def main(argv=None) -> None:
         n, n_layers, _ = data["h"].shape
         log.info("%s set %s: %d stimuli, %d layers", args.model, name, n, n_layers)
         try:
-            g = geo.analyze_set(data["h"], data["emotions"], settings, params.seed, args.layer, wheel_null)
+            g = geo.analyze_set(data["h"], data["emotions"], settings, derive(params.seed, "geometry", name), args.layer,
+                                 wheel_null)
         except ValueError as err:
             raise DataError(f"{path}: {err}") from None
         metrics[name] = set_metrics(g, n, n_layers)

@@ -62,9 +62,10 @@ def test_baselines_chance_on_shuffled_labels_and_one_on_a_length_cue():
     settings = ScreenSettings(n_boot=200)
     items = _items(12, length_cue=False)
     y = np.random.default_rng(1).permutation([s.emotion for s in items])
-    chance = baseline(features(items), y, settings, seed=0)
-    for name in ("length", "polarity", "bow"):  # CV on pure noise sits a little below 0.5 (held-out folds shift
-        assert abs(chance[name]["auroc"] - 0.5) < 0.1, (name, chance[name])  # the class balance), never far above
+    runs = [baseline(features(items), y, settings, seed=seed) for seed in range(4)]
+    for name in ("length", "polarity", "bow"):  # CV on pure noise sits below 0.5 (held-out folds shift the class
+        aurocs = [run[name]["auroc"] for run in runs]   # balance: 0.38-0.47 here, bag of words lowest), never above
+        assert 0.3 < min(aurocs) and max(aurocs) < 0.55, (name, aurocs)
     cued = _items(12, length_cue=True)
     planted = baseline({"length": features(cued)["length"]}, np.array([s.emotion for s in cued]), settings, seed=0)
     assert planted["length"]["auroc"] > 0.97

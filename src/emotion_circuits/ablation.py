@@ -34,6 +34,7 @@ from .config import ConfigError, parse_section
 from .extract import tokenize_prompt
 from .io import DataError
 from .readout import calibrate
+from .seeds import derive
 from .sites import Intervention, Site, hooked
 from .stats import auroc, bootstrap_counts, interval, one_hot, ridge_hats, ridge_scores, splits, weighted_means
 from .steering import balanced, difference_of_means
@@ -260,8 +261,8 @@ def ablation_rows(clean: Run, ablated: Run, randoms: list[Run], labels, emotions
     emotions = list(emotions)
     codes = np.array([emotions.index(e) for e in labels])
     k, n = len(emotions), len(codes)
-    folds = splits(codes, settings.n_folds, seed)[0]
-    counts = bootstrap_counts(None, n, n_boot, seed + 1)
+    folds = splits(codes, settings.n_folds, derive(seed, "splits"))[0]
+    counts = bootstrap_counts(None, n, n_boot, derive(seed, "bootstrap"))
     rows = []
     for j in range(layer, clean.h.shape[1]):
         def scored(run):
@@ -300,7 +301,7 @@ def run_ablation(s, h_fit: np.ndarray, fit_labels) -> tuple[dict, dict]:
     if len(items) < cfg.n_folds * len(emotions) or min((labels == e).sum() for e in emotions) < cfg.n_folds:
         raise DataError(f"set {cfg.set}: {len(items)} items ({dict(zip(*np.unique(labels, return_counts=True)))}); "
                         f"steering.ablation needs n_folds ({cfg.n_folds}) of each emotion")
-    rng = np.random.default_rng(s.seed + 7)
+    rng = np.random.default_rng(derive(s.seed, "ablation", "random"))
     offsets = s.offsets if s.offsets is not None else calibration_offsets(engine, tok, s.template, s.answers)
     prompts = [tokenize_prompt(tok, s.template, x.text).ids for x in items]
     clean, states, preps = clean_items(engine, prompts, offsets, layers, s.prepared)
@@ -322,7 +323,7 @@ def run_ablation(s, h_fit: np.ndarray, fit_labels) -> tuple[dict, dict]:
         h_l = torch.as_tensor(ablated.h[:, layer], dtype=torch.float64)
         residual = float(((h_l @ b.T).norm(dim=-1) / h_l.norm(dim=-1)).max())
         layer_rows, accuracy = ablation_rows(clean, ablated, randoms, labels, emotions, layer, cfg, s.shared.n_boot,
-                                             s.seed + layer)
+                                             derive(s.seed, "ablation", layer))
         for row in layer_rows:
             row["depth"] = (row["layer"] + 1) / engine.n_layers
         rows += layer_rows

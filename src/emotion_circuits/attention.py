@@ -19,6 +19,7 @@ import yaml
 
 from .config import ConfigError
 from .io import DataError, load_npz
+from .seeds import derive
 from .stats import benjamini_hochberg, bootstrap_index, bootstrap_mean
 
 REQUIRED = ("attention", "tokens", "n_tokens", "text_start", "text_end", "ids", "emotions")
@@ -199,14 +200,15 @@ def compare_sets(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, level: fl
     two-sided permutation p per column (set labels shuffled over the pooled stimuli, the same shuffles for every
     column), its Benjamini-Hochberg q over the columns, and `p_max`: the p of the largest |difference| against the
     max over columns of the shuffled |differences| (the family-wise p of the column one would report as the best)."""
-    ia, ib = bootstrap_index(len(a), n_boot, seed), bootstrap_index(len(b), n_boot, seed + 1)
+    ia = bootstrap_index(len(a), n_boot, derive(seed, "first"))
+    ib = bootstrap_index(len(b), n_boot, derive(seed, "second"))
     diffs = a[ia].mean(axis=1) - b[ib].mean(axis=1)                               # (n_boot, L)
     tail = (1 - level) / 2 * 100
     diff = a.mean(axis=0) - b.mean(axis=0)
     out = {"diff": diff, "low": np.percentile(diffs, tail, axis=0), "high": np.percentile(diffs, 100 - tail, axis=0)}
     if n_perm:
         pooled, na = np.vstack([a, b]), len(a)
-        rng = np.random.default_rng(seed + 2)
+        rng = np.random.default_rng(derive(seed, "permutation"))
         null = np.empty((n_perm, a.shape[1]))
         for r in range(n_perm):
             order = rng.permutation(len(pooled))

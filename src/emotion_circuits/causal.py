@@ -20,6 +20,7 @@ from .config import ConfigError
 from .extract import build_prompt, tokenize_prompt
 from .interventions import Engine, Prepared
 from .readout import AnswerSettings, Readout, calibrate
+from .seeds import derive, rng as rng_of
 from .sites import KINDS, Intervention, Site
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def design_pairs(labels: Sequence[str], emotions: Sequence[str], per_source: int
     and one same-emotion control source: the next stimulus of its own emotion in that order.
     Returns (pairs `(n_pairs, 2)` (target, source), control `(n,)` the control source of each target)."""
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "pairs"))
     order = {e: rng.permutation(np.flatnonzero(labels == e)) for e in emotions}
     thin = [e for e in emotions if len(order[e]) < 2]
     if thin:
@@ -316,7 +317,7 @@ def knockout(engine: Engine, readout: Readout, clean: Clean, sites: Sequence[str
     n = len(clean.prepared)
     means = {site: torch.stack([p.sites[site] for p in clean.prepared]).mean(0) for site in grid}
     d_model = means[grid[0]].shape[-1]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "random displacements"))
     other = (np.arange(n) + rng.integers(1, n, size=n)) % n  # resample donor, never the stimulus itself
     shape = (n, len(sites), len(layers), len(ablations))
     out = {k: np.zeros(shape, np.float32) for k in ("drop", "kl", "control_drop", "control_kl", "norm")}
@@ -344,7 +345,7 @@ def knockout(engine: Engine, readout: Readout, clean: Clean, sites: Sequence[str
 
 def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split of n stimuli into (rank half, test half), sorted indices."""
-    order = np.random.default_rng(seed).permutation(n)
+    order = np.random.default_rng(derive(seed, "halves")).permutation(n)
     return np.sort(order[:n // 2]), np.sort(order[n // 2:])
 
 
@@ -388,7 +389,7 @@ def heads(engine: Engine, readout: Readout, clean: Clean, layers: Sequence[int],
         lp = scores(engine, readout, clean, clean.prepared[i], groups).reshape(len(layers), n_heads, -1)
         rank_drop[k] = _effects(clean, i, emotions.index(clean.labels[i]), lp)[0]
     tested = top_heads(rank_drop, layers, top)
-    rng = np.random.default_rng(seed + 1)
+    rng = rng_of(seed, "controls")
     shape = (len(test_half), len(tested))
     out = {k: np.zeros(shape, np.float32) for k in ("drop", "kl", "control_drop", "control_kl")}
     for k, i in enumerate(tqdm(test_half, desc="heads (test)", leave=False)):

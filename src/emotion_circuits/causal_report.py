@@ -19,13 +19,13 @@ from .io import write_csv, write_json
 from .models import load_model
 from .positions import PositionSettings, choose_pairs, default_layers, patch_positions, recovery
 from .readout import AnswerSettings, Readout, behaviour
+from .seeds import derive
 from .stimuli import load_stimuli
 
 log = logging.getLogger(__name__)
 
 SECTIONS = {"patching": PatchingSettings, "knockout": KnockoutSettings, "heads": HeadSettings,
             "positions": PositionSettings}
-SEED_OFFSET = {"patching": 10, "knockout": 20, "heads": 30, "positions": 40}
 
 
 @dataclass
@@ -66,7 +66,7 @@ def setup(params: Params, model: str, stage: str) -> Setup:
               resolve_layers(settings.layers, loaded.n_layers, f"{stage}.layers", getattr(settings, "layer_step", 1)))
     readout = Readout.build(loaded.tokenizer, answers, params.emotions)
     engine = Engine(loaded, readout, batch_size=shared.batch_size, skip_lower_layers=shared.skip_lower_layers)
-    return Setup(model, settings, shared, template, stimuli, engine, readout, layers, params.seed + SEED_OFFSET[stage],
+    return Setup(model, settings, shared, template, stimuli, engine, readout, layers, derive(params.seed, stage),
                  answers)
 
 

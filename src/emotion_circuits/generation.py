@@ -31,6 +31,7 @@ from .causal import unit_directions
 from .config import ConfigError
 from .decoder import Decoder
 from .nrc import load_nrc, words
+from .seeds import derive
 from .sites import Site, _put, _take, site_module
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def generation_summary(rows: list[dict], n_boot: int, n_flip: int, seed: int) ->
     for name, v in arms.items():
         point, low, high = stats.interval(v.mean(), stats.weighted_means(v, counts))
         out.update({name: point, f"{name}_low": low, f"{name}_high": high})
-    _, p, _ = stats.sign_flip_test(arms["steered_minus_random"][:, None], n_flip, seed + 1)
+    _, p, _ = stats.sign_flip_test(arms["steered_minus_random"][:, None], n_flip, derive(seed, "flips"))
     out["p_steered_vs_random"] = float(p[0])
     return out
 
@@ -204,7 +205,7 @@ def run_generation(loaded, stimuli, directions, emotions, best: dict, cfg: Gener
     n, k, d = len(texts), len(emotions), directions.directions.shape[-1]
     norm = float(dose * directions.scale[layer])
     d_e = torch.from_numpy(directions.directions[layer]) * norm                       # (k, d)
-    u = unit_directions(np.random.default_rng(seed), (n, k), d) * norm                  # (n, k, d)
+    u = unit_directions(np.random.default_rng(derive(seed, "directions")), (n, k), d) * norm   # (n, k, d)
     unsteered, steered, random = [], [], []
     for i, text in enumerate(texts):   # per text: unsteered (a zero addition), k steered, k random; one prefill
         vectors = torch.cat([torch.zeros(1, d), d_e, u[i]])

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .config import EMOTIONS, ConfigError
 from .io import DataError, load_npz
+from .seeds import derive
 from .stats import permutation_p
 
 # Plutchik's wheel going round; opposite emotions are 4 steps apart.
@@ -218,7 +219,7 @@ def analyze_set(h: np.ndarray, emotions: np.ndarray, settings: GeometrySettings,
     y = codes(emotions)
     if np.bincount(y, minlength=k).min() < 2:
         raise ValueError(f"every emotion needs at least 2 stimuli for the geometry (counts {np.bincount(y, minlength=k)})")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "silhouette null"))
     labels = np.vstack([y, np.stack([rng.permutation(y) for _ in range(settings.n_perm)])])   # row 0 observed
     wheel_null = wheel_null or WheelNull.exact()
     n_comp = min(settings.n_components, n, h.shape[2])
@@ -290,7 +291,7 @@ def cka_null_and_interval(K: np.ndarray, L: np.ndarray, n_perm: int, n_boot: int
     the CKA of two unrelated representations of these data) and an interval from half-samples (n/2 stimuli without
     replacement, whose estimator variance matches the full sample's), centred on the estimate: a with-replacement
     bootstrap duplicates rows, and duplicates inflate CKA. Returns cka, low, high, null_mean, null_p95, p."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "cka null"))
     n, m = len(K), len(K) // 2
     point = cka_from_grams(K, L)
     null = np.array([cka_from_grams(K, L[np.ix_(p, p)]) for p in (rng.permutation(n) for _ in range(n_perm))])
@@ -312,7 +313,7 @@ def half_samples(n: int, n_boot: int, seed: int) -> np.ndarray:
     replacement gives a mean the same variance as the full sample's (finite-population factor 1/2), and never
     duplicates a stimulus: duplicated rows align perfectly in both models and push CKA up (debiased CKA of two
     independent representations averages ~0.76 over with-replacement resamples)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "half samples"))
     return np.stack([rng.choice(n, n // 2, replace=False) for _ in range(n_boot)])
 
 

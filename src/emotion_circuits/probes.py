@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from . import fastprobe, stats
 from .config import EMOTIONS, ConfigError, Params
 from .io import DataError, load_npz, write_csv, write_json, write_text
+from .seeds import derive, resolve, splits_seed
 from .tfidf import TfidfCounts, TfidfSearch
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ BINARY_NAMES = np.array([NEUTRAL, "emotional"])           # b_vs_n label 0 / 1
 HEADLINE = ("set_a", "set_b", "transfer", "b_vs_n")         # computed for every variant
 CV_TASKS = ("set_a", "set_b", "b_vs_n")                     # cross-validated (transfer is fit on A, scored on B)
 MDL_TASKS = CV_TASKS
-SEED_OFFSET = {"bootstrap": 2, "permutation": 3, "nested": 4, "mdl": 5}
 LEVEL = 0.95
 CSV_COLUMNS = ["task", "site", "layer", "depth", "auroc", "low", "high", "accuracy", "ridge_auroc", "null_mean",
                "null_p95", "p_layer", "q_bh", "chance_auroc", "chance_accuracy"]
@@ -98,7 +98,12 @@ def settings_from(params: Params) -> ProbeSettings:
     params.prompt(settings.prompt)
     if settings.zero_shot_prompt is not None:
         params.prompt(settings.zero_shot_prompt)
-    return dataclasses.replace(settings, seed=params.seed if settings.seed is None else settings.seed)
+    return dataclasses.replace(settings, seed=resolve(settings.seed, params.seed))
+
+
+def stream(settings: ProbeSettings, purpose: str, *index: int) -> int:
+    """The probes' random stream for `purpose` (`seeds.derive` under the resolved seed)."""
+    return derive(settings.seed, "probes", purpose, *index)
 
 
 def random_init_of(params: Params, model: str) -> str | None:
@@ -249,11 +254,12 @@ def make_tasks(data: dict[str, SetData], settings: ProbeSettings, pairs: dict[st
     stimuli JSONL) groups B vs N; without it the B-vs-N splits are not grouped (logged)."""
     def split(y, where, groups=None):
         try:
-            return stats.splits(y, settings.folds, settings.seed, groups, settings.repeats)
+            return stats.splits(y, settings.folds, splits_seed(settings.seed), groups, settings.repeats)
         except ValueError as err:
             raise DataError(f"{where}: {err} (probes.folds={settings.folds})") from None
 
-    seed = settings.seed + SEED_OFFSET["permutation"]
+    def seed(task: str) -> int:
+        return stream(settings, "permutation", task)
 
     ya, yb = data["A"].emotions, data["B"].emotions
     ybn = np.r_[np.ones(len(yb), int), np.zeros(len(data["N"].emotions), int)]
@@ -265,12 +271,12 @@ def make_tasks(data: dict[str, SetData], settings: ProbeSettings, pairs: dict[st
         groups = None
     fa, fb, fbn = split(ya, data["A"].path), split(yb, data["B"].path), split(ybn, data["N"].path, groups)
     return {
-        "set_a": Task("set_a", ("A",), ya, fa, orders=null_orders(fa[0], len(ya), settings.n_perm, seed)),
-        "set_b": Task("set_b", ("B",), yb, fb, orders=null_orders(fb[0], len(yb), settings.n_perm, seed)),
+        "set_a": Task("set_a", ("A",), ya, fa, orders=null_orders(fa[0], len(ya), settings.n_perm, seed("set_a"))),
+        "set_b": Task("set_b", ("B",), yb, fb, orders=null_orders(fb[0], len(yb), settings.n_perm, seed("set_b"))),
         "transfer": Task("transfer", ("A", "B"), yb, None, ya, orders=stats.permutations(len(ya), settings.n_perm,
-                                                                                         seed)),
+                                                                                         seed("transfer"))),
         "b_vs_n": Task("b_vs_n", ("B", "N"), ybn, fbn, groups=groups,
-                       orders=null_orders(fbn[0], len(ybn), settings.n_perm, seed, groups)),
+                       orders=null_orders(fbn[0], len(ybn), settings.n_perm, seed("b_vs_n"), groups)),
     }
 
 
@@ -359,8 +365,8 @@ def _layer_job(x: dict[str, np.ndarray], tasks: list[Task], settings: ProbeSetti
         start = time.perf_counter()
         probas = _probas(task, X, settings.C)
         middle = time.perf_counter()
-        point, low, high = stats.repeated_auroc(task.y, probas, settings.n_boot,
-                                                settings.seed + SEED_OFFSET["bootstrap"], task.groups)
+        point, low, high = stats.repeated_auroc(task.y, probas, settings.n_boot, stream(settings, "bootstrap"),
+                                                task.groups)
         after = time.perf_counter()
         null = ridge_null(task, X, settings.ridge_alpha)
         seconds["fit"] += middle - start
@@ -393,7 +399,7 @@ def nested_job(task: Task, X: np.ndarray, settings: ProbeSettings, repeat: int =
     for o, (train, test) in enumerate(task.folds[repeat]):
         g = None if task.groups is None else task.groups[train]
         inner = stats.splits(y[train], settings.folds - 1 if settings.folds > 2 else 2,
-                             settings.seed + SEED_OFFSET["nested"] + o + 100 * repeat, g)[0]
+                             stream(settings, "nested", repeat, o), g)[0]
         layer = int(np.argmax(fastprobe.ridge_layer_aurocs(X[train], codes[train], inner, settings.ridge_alpha,
                                                                     k)))
         chosen.append(layer)
@@ -410,7 +416,7 @@ def mdl_order(y: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[np.n
     """A transmission order of the items and the group-boundary positions: groups shuffled, then interleaved by
     class (round robin) so that every early block holds every class; twins stay adjacent and are never split
     across blocks. Returns (order `(n,)`, the cumulative item count after each group)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "mdl order"))
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     members = defaultdict(list)
     for i, g in enumerate(groups):
@@ -501,7 +507,7 @@ def baseline_probas(task: Task, feats: dict, settings: ProbeSettings, fit_feats:
         if name == "bow":
             return bow_model
         if name == "tfidf":  # tfidf_model's search on n-gram counts taken once per text (tfidf.py)
-            return lambda: TfidfSearch(counts, settings.tfidf_C, inner, settings.seed)
+            return lambda: TfidfSearch(counts, settings.tfidf_C, inner, stream(settings, "tfidf"))
         return lambda: fastprobe.probe_pipeline(settings.C)
 
     out = {}
@@ -531,7 +537,7 @@ def domain_held_out(task: Task, X: np.ndarray, domains: np.ndarray, settings: Pr
     (`per_domain`, NaN-free classes only) and their spread. `X (n, d)`, `domains (n,)`."""
     folds = list(LeaveOneGroupOut().split(X, task.y, domains))
     proba = stats.cv_proba(X, task.y, folds, model_factory=lambda: fastprobe.probe_pipeline(settings.C))
-    point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot, settings.seed + SEED_OFFSET["bootstrap"],
+    point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot, stream(settings, "bootstrap"),
                                              groups=domains)
     names, codes = np.unique(domains, return_inverse=True)
     inside = (codes[None, :] == np.arange(len(names))[:, None]).astype(np.float64)   # (n_domains, n) item weights
@@ -554,14 +560,14 @@ def script_held_out(task: Task, X: np.ndarray, scripts: np.ndarray, settings: Pr
     (the claim is about new situations). `X (n, d)`, `scripts (n,)`."""
     folds = script_folds(task.y, scripts, settings.folds, seed)
     proba = stats.cv_proba(X, task.y, folds, model_factory=lambda: fastprobe.probe_pipeline(settings.C))
-    point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot, settings.seed + SEED_OFFSET["bootstrap"],
+    point, low, high = stats.bootstrap_auroc(task.y, proba, settings.n_boot, stream(settings, "bootstrap"),
                                              groups=np.unique(scripts, return_inverse=True)[1])
     return {"auroc": point, "low": low, "high": high, "n_scripts": len(np.unique(scripts)), "n_folds": len(folds)}
 
 
 def _add_scripts(metrics, data, tasks, items, settings) -> None:
-    """The situation-held-out Set B probe at the ordinary peak layer (site h), on the first evaluation repeat's
-    seed; skipped (logged) when the Set B items carry no `script`."""
+    """The situation-held-out Set B probe at the ordinary peak layer (site h), on its own split stream
+    (`stream(settings, "scripts")`); skipped (logged) when the Set B items carry no `script`."""
     scripts = [items.get(i, {}).get("script") for i in data["B"].ids]
     if any(s is None for s in scripts):
         log.warning("Set B items carry no `script`: situation-held-out evaluation skipped")
@@ -570,7 +576,7 @@ def _add_scripts(metrics, data, tasks, items, settings) -> None:
     peak = metrics["set_b"]["h"]["peak_layer"]
     X = _stack(data, task, "h")[:, peak]
     found = script_held_out(task, X, np.array(scripts, dtype=str), settings,
-                            settings.seed + evaluation_repeats(settings)[0])
+                            stream(settings, "scripts"))
     metrics["script_held_out"] = {"set_b": {"h": {"layer": peak, "interval": "scripts", **found,
                                                   "cv_auroc": metrics["set_b"]["h"]["auroc"]}}}
 
@@ -693,7 +699,7 @@ def _set_c(data: dict[str, SetData], tasks: dict[str, Task], curves: dict, setti
         model = fastprobe.probe_pipeline(settings.C).fit(X, task.y)
         called = model.predict(data["C"].sites[site][:, layer].astype(np.float64)) == 1
         fraction, low, high = stats.bootstrap_mean(called.astype(float), settings.n_boot,
-                                                   settings.seed + SEED_OFFSET["bootstrap"])
+                                                   stream(settings, "bootstrap"))
         oof = curves["b_vs_n"][site][layer].predicted
         out[site] = {"layer": layer, "fraction_emotional": fraction, "low": low, "high": high,
                      "n_fraction_emotional": float(np.mean(oof[n_b:] == 1)),
@@ -733,6 +739,9 @@ def _run_probes(folder, settings: ProbeSettings, control_folder=None, items: dic
     metrics = {"n_layers": data["A"].shape[1], "d_model": data["A"].shape[2], "n_boot": settings.n_boot,
                "n_perm": settings.n_perm, "repeats": settings.repeats,
                **_variant_metrics(main, tasks, settings)}
+    metrics["folds"] = {name: stats.folds_digest(tasks[name].folds[0], np.concatenate([data[s].ids for s in
+                                                                                      tasks[name].inputs]))
+                        for name in CV_TASKS}   # repeat 0: the `stimuli` stage's text baselines use the same folds
     nested = _add_nested(metrics, data, tasks, settings, seconds)
     metrics["set_c"] = _set_c(data, tasks, main, settings)
     start = time.perf_counter()
@@ -798,7 +807,8 @@ def _stack(data, task: Task, site: str) -> np.ndarray:
 
 def evaluation_repeats(settings: ProbeSettings) -> list[int]:
     """The CV repeats that text baselines, the nested estimate and their margins are reported on: 1..R-1. Repeat 0
-    uses `seed` itself, the seed the stimulus sets were checked (and edited) against with the grouped bag of
+    is the split the `stimuli` stage scores its text baselines on (the same `seeds.splits_seed`), the one the
+    stimulus sets were checked (and edited) against with the grouped bag of
     words, so a baseline scored there is tuned on its own evaluation split; with `repeats: 1` it is all there is
     (logged)."""
     if settings.repeats < 2:
@@ -827,7 +837,7 @@ def _add_nested(metrics, data, tasks, settings, seconds) -> dict:
         task = tasks[name]
         out[name, site] = np.stack([p for p, _ in runs])
         point, low, high = stats.repeated_auroc(task.y, out[name, site], settings.n_boot,
-                                                settings.seed + SEED_OFFSET["bootstrap"], task.groups)
+                                                stream(settings, "bootstrap"), task.groups)
         metrics[name][site].update(nested_auroc=point, nested_low=low, nested_high=high,
                                    nested_layers=" ".join(map(str, runs[0][1])))
     return out
@@ -842,7 +852,7 @@ def _mdl(data, tasks, curves, settings) -> dict:
         layer = _peak(curves[name]["h"])
         X = _stack(data, task, "h")[:, layer]
         runs = [online_codelength(X, task.y, settings.mdl_fractions, settings.C,
-                                  settings.seed + SEED_OFFSET["mdl"] + 1000 * r, task.groups)
+                                  stream(settings, "mdl", r), task.groups)
                 for r in range(settings.mdl_orders)]
         bits = np.array([r["codelength_bits"] for r in runs])
         compression = np.array([r["compression"] for r in runs])
@@ -877,7 +887,7 @@ def _add_baselines(metrics, data, tasks, curves, nested, items, embeddings, sett
     repeats): `margin` = the nested probe (CV tasks; transfer: the layer chosen on Set A) minus the best baseline
     (highest AUROC; conservative when baselines tie), `margins[method]` the same against each baseline, and
     `peak_margin_optimistic` the peak layer's margin (biased upward: the peak is chosen on the scored items)."""
-    seed = settings.seed + SEED_OFFSET["bootstrap"]
+    seed = stream(settings, "bootstrap")
     repeats = evaluation_repeats(settings)
     keys, jobs = [], []
     for name in HEADLINE:   # one job per (task, method): the baselines' fits are independent

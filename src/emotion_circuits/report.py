@@ -24,6 +24,7 @@ PUBLISHED_LABEL = "published (Keeman 2026; reference text, not computed)"
 # DESIGN.md §1, copied as text: shown beside our numbers for reference, never used in a computation.
 PUBLISHED = {"set_a": "~1.00 in every model", "set_b": "0.934 - 0.989", "transfer": "0.79 - 0.92",
              "peak_depth": "52 - 100 %", "saturation": "by layer 3 - 6", "patching": "46 - 67 %"}
+PROBE_TASK = {"set_a": "set_a", "set_b": "set_b", "b_vs_n": "b_vs_n", "saturation": "b_vs_n"}   # row -> probe task
 BASELINE_TASKS = {"set_a": "set_a_8class", "set_b": "set_b_8class", "b_vs_n": "b_vs_n", "saturation": "b_vs_n"}   # row -> metrics/stimuli.json baselines key
 
 
@@ -127,6 +128,21 @@ def baseline_text(baselines: dict | None, task: str) -> Cell:
         stats.update({f"text_only/{task}.{method}.auroc{s}": m[k] for s, k in (("", "auroc"), ("_low", "low"),
                                                                               ("_high", "high"))})
     return Cell("; ".join(parts) or "—", stats)
+
+
+def same_splits(stimuli: dict | None, probes: dict[str, dict]) -> dict[str, bool]:
+    """Per probe task, whether every model's probes scored the folds the text-only baselines did (the fold digests
+    of metrics/stimuli.json and each probes.json, `stats.folds_digest`); a task either side lacks is left out."""
+    theirs = (stimuli or {}).get("folds") or {}
+    out = {}
+    for task, digest in theirs.items():
+        ours = [p.get("folds", {}).get(task) for p in probes.values()]
+        if ours and all(d is not None for d in ours):
+            out[task] = all(d == digest for d in ours)
+            if not out[task]:
+                log.warning("%s: the probes' folds differ from the text-only baselines' (screen.seed vs probes.seed, "
+                            "or folds): the baseline column is marked 'other splits'", task)
+    return out
 
 
 # ------------------------------------------------------------------ rows: (key, label, Cell) for one model
@@ -591,11 +607,16 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
     baselines = stimuli.get("baselines") if isinstance(stimuli, dict) else None
 
     summary = Summary(models)
+    matched = same_splits(stimuli if isinstance(stimuli, dict) else None,
+                          {m: outputs.json(f"{m}/probes.json", required=True) for m in models})
+    summary.flat.update({f"same_splits/{task}": float(ok) for task, ok in matched.items()})
     headline = []
     for row in pivot({m: rows[m]["headline"] for m in models}):
         base = row.key.split(".")[1]
-        extra = (baseline_text(baselines, BASELINE_TASKS[base]) if base in BASELINE_TASKS else EMPTY,
-                 Cell(PUBLISHED.get(base, "—")))
+        text = baseline_text(baselines, BASELINE_TASKS[base]) if base in BASELINE_TASKS else EMPTY
+        if matched.get(PROBE_TASK.get(base)) is False:
+            text = Cell(f"{text.text} (other splits)", text.stats)
+        extra = (text, Cell(PUBLISHED.get(base, "—")))
         headline.append(Row(row.key, row.label, row.cells, extra))
     summary.add(f"Headline (site {HEADLINE_SITE}: residual stream)", headline,
                 ("text-only baseline AUROC, same task and splits", PUBLISHED_LABEL),
@@ -621,7 +642,7 @@ def build_summary(outputs: Outputs, models, threshold: float) -> Summary:
                                    "Repeated grouped CV; interval: stimulus (pair) bootstrap with one repeat per "
                                    "resample; null: label permutations of a closed-form ridge probe on the same "
                                    "splits; baselines, nested estimate and margin on repeats 1..R-1 (repeat "
-                                   "0's seed is the one the sets were checked on); margin: nested probe (transfer: "
+                                   "0 is the split the sets were checked on); margin: nested probe (transfer: "
                                    "layer chosen on Set A) minus the best baseline, paired bootstrap, same "
                                    "resamples and repeats."))
     return summary

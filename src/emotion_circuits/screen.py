@@ -32,6 +32,7 @@ from . import stats
 from . import ratings as ratings_mod
 from .config import EMOTIONS, ConfigError
 from .io import DataError
+from .seeds import derive, resolve, splits_seed
 from .nrc import NRC_EMOTIONS, _WORD, load_nrc, nrc_hits, words  # noqa: F401  (re-exported)
 from .stimuli import Stimulus, line_numbers
 from .style import style_checks, style_features
@@ -39,6 +40,7 @@ from .style import style_checks, style_features
 log = logging.getLogger(__name__)
 
 CLEAN_SETS = ("B", "N", "C")            # sets that must contain no explicit emotion word
+PROBE_TASK = {"set_a_8class": "set_a", "set_b_8class": "set_b", "b_vs_n": "b_vs_n"}   # baseline -> probe task
 MAX_LISTED = 25                         # violations named in the one-line error before "... and k more"
 DISPLAY_CUES = "display_cues"           # the lexicon section of display cues (not emotion words)
 POLICIES = ("warn", "fail")
@@ -260,12 +262,13 @@ def baseline(feats: dict[str, np.ndarray], y: np.ndarray, settings: ScreenSettin
     """Macro one-vs-rest AUROC and 95% bootstrap interval of each feature set, all on the same stratified splits,
     grouped by `groups (n,)` when given (linked items share a fold and are resampled together)."""
     y = np.asarray(y)
-    folds = stats.splits(y, settings.folds, seed, groups)[0]
+    folds = stats.splits(y, settings.folds, splits_seed(seed), groups)[0]
     out = {}
     for name, X in feats.items():
         factory = bow_model if X.dtype.kind in "US" else None
         proba = stats.cv_proba(X, y, folds, model_factory=factory)
-        point, low, high = stats.bootstrap_auroc(y, proba, settings.n_boot, seed, groups=groups)
+        point, low, high = stats.bootstrap_auroc(y, proba, settings.n_boot, derive(seed, "stimuli", "bootstrap"),
+                                                 groups=groups)
         out[name] = {"auroc": point, "low": low, "high": high}
     return out
 
@@ -328,7 +331,7 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
     Raises ScreenError naming every violation (and, under `fail` policies, every display cue and style breach)
     before any baseline is fitted."""
     _fail(violations(sets, lexicon, settings.pair_length_tolerance))
-    seed = settings.seed if settings.seed is not None else seed
+    seed = resolve(settings.seed, seed)
     if settings.dev_seed == seed:
         raise ConfigError(f"params.yaml: screen.dev_seed: {seed} is the seed the screen reports (choose another)")
     where = {}
@@ -388,6 +391,10 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
         names = ("B", "N") if task == "b_vs_n" else (items[0].set,)
         metrics["baselines"][task] = baseline(features(items, np.vstack([polarity[n] for n in names])), y, settings,
                                               seed, groups)
+    metrics["folds"] = {}   # digests of the baselines' splits by probe task: the probes must score the same folds
+    for task, (items, y, groups) in _tasks(sets).items():
+        folds = stats.splits(y, settings.folds, splits_seed(seed), groups)[0]
+        metrics["folds"][PROBE_TASK[task]] = stats.folds_digest(folds, [s.id for s in items])
     metrics["seed"] = seed
     metrics["dev_seed"] = settings.dev_seed
     return metrics

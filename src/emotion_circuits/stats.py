@@ -8,6 +8,8 @@ chance is 1/k.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -15,6 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from .seeds import derive
 
 
 class RowSpace(BaseEstimator, TransformerMixin):
@@ -49,8 +53,8 @@ def groups_from_pairs(ids, pairs) -> np.ndarray:
 
 def splits(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None,
            repeats: int = 1) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """`repeats` lists of stratified k-fold splits, shuffled with `seed + r`; grouped (StratifiedGroupKFold) when
-    `groups (n,)` is given, so linked items always share a fold. The same splits serve every feature set of a task."""
+    """`repeats` lists of stratified k-fold splits, repeat r shuffled with `derive(seed, "repeat", r)`; grouped
+    (StratifiedGroupKFold) when `groups (n,)` is given, so linked items always share a fold. The same splits serve every feature set of a task."""
     y = np.asarray(y)
     _, counts = np.unique(y, return_counts=True)
     if counts.min() < n_folds:
@@ -60,12 +64,20 @@ def splits(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = N
     out = []
     for r in range(repeats):
         if groups is None:
-            cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed + r)
+            cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=derive(seed, "repeat", r))
             out.append(list(cv.split(np.zeros(len(y)), y)))
         else:
-            cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed + r)
+            cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=derive(seed, "repeat", r))
             out.append(list(cv.split(np.zeros(len(y)), y, groups)))
     return out
+
+
+def folds_digest(folds, ids) -> str:
+    """A short digest of a split as a partition of item ids (the test fold of each id, folds in any order): two
+    analyses that claim the same splits must give the same digest."""
+    ids = np.asarray(ids).astype(str)
+    parts = sorted("\n".join(sorted(ids[np.asarray(test)])) for _, test in folds)
+    return hashlib.sha256("\n\n".join(parts).encode()).hexdigest()[:16]
 
 
 def cv_proba(X: np.ndarray, y: np.ndarray, folds, C: float = 1.0, model_factory=None,
@@ -163,7 +175,7 @@ def accuracy(y: np.ndarray, proba: np.ndarray) -> float:
 
 def bootstrap_index(n: int, n_boot: int, seed: int) -> np.ndarray:
     """`(n_boot, n)` resampling indices over stimuli, drawn once from `seed`."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return np.random.default_rng(derive(seed, "bootstrap")).integers(0, n, size=(n_boot, n))
 
 
 def bootstrap_counts(groups: np.ndarray | None, n: int, n_boot: int, seed: int) -> np.ndarray:
@@ -192,7 +204,7 @@ def repeated_auroc(y, probas, n_boot: int = 1000, seed: int = 0, groups=None, le
     `minus (R, n, k')`: the paired difference AUROC(probas) - AUROC(minus), same resamples and repeats."""
     probas = np.asarray(probas, dtype=np.float64)
     counts = bootstrap_counts(groups, len(y), n_boot, seed)
-    pick = np.random.default_rng(seed + 1).integers(0, len(probas), size=n_boot)
+    pick = np.random.default_rng(derive(seed, "repeat pick")).integers(0, len(probas), size=n_boot)
 
     def scored(stack):
         point = float(np.mean([auroc(y, p) for p in stack]))
@@ -264,7 +276,7 @@ def permutation_p(observed: float, null: np.ndarray) -> float:
 
 def permutations(n: int, n_perm: int, seed: int) -> np.ndarray:
     """`(n_perm + 1, n)` label orders drawn from `seed`, row 0 the identity (the observed labels)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "permutations"))
     return np.vstack([np.arange(n), np.argsort(rng.random((n_perm, n)), axis=1)])
 
 
@@ -274,7 +286,7 @@ def block_permutations(blocks, n: int, n_perm: int, seed: int) -> np.ndarray:
     With the test folds of a fixed split as blocks, every fold keeps its label counts under every permutation, so
     the null meets the folds the observed labels were stratified for. A free shuffle against stratified folds
     scores low and inflates false positives (measured on pure noise: 11% at alpha 0.05)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "block permutations"))
     out = np.tile(np.arange(n), (n_perm + 1, 1))
     for block in blocks:
         block = np.asarray(block)
@@ -287,9 +299,9 @@ def pair_swaps(pairs: np.ndarray, blocks, n: int, n_perm: int, seed: int) -> np.
     """`(n_perm + 1, n)` label orders of a paired design (row 0 the identity): each twin pair `pairs (m, 2)` swaps
     its two labels with probability 1/2, independently; the other items are permuted within `blocks` (their test
     folds, as in `block_permutations`). Near-copy twins stay together, so the null keeps the pairing."""
-    out = block_permutations(blocks, n, n_perm, seed + 1)
+    out = block_permutations(blocks, n, n_perm, derive(seed, "blocks"))
     pairs = np.asarray(pairs, dtype=int).reshape(-1, 2)
-    swap = np.random.default_rng(seed).random((n_perm, len(pairs))) < 0.5
+    swap = np.random.default_rng(derive(seed, "pair swaps")).random((n_perm, len(pairs))) < 0.5
     out[1:, pairs[:, 0]] = np.where(swap, pairs[:, 1], pairs[:, 0])
     out[1:, pairs[:, 1]] = np.where(swap, pairs[:, 0], pairs[:, 1])
     return out
@@ -359,7 +371,7 @@ def two_way_counts(rows: np.ndarray, cols: np.ndarray, n_boot: int, seed: int) -
     row's and its column's draw counts, so pairs that share an item move together."""
     r = np.unique(rows, return_inverse=True)[1]
     c = np.unique(cols, return_inverse=True)[1]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "two-way"))
     nr, nc = r.max() + 1, c.max() + 1
     count_r = index_counts(rng.integers(0, nr, size=(n_boot, nr)), nr)
     count_c = index_counts(rng.integers(0, nc, size=(n_boot, nc)), nc)
@@ -386,7 +398,7 @@ def interval(point, resampled: np.ndarray, level: float = 0.95) -> tuple[float, 
 
 def sign_flips(n: int, n_flip: int, seed: int) -> np.ndarray:
     """`(n_flip, n)` random signs +-1 drawn from `seed`."""
-    return np.random.default_rng(seed).choice(np.array([-1.0, 1.0]), size=(n_flip, n))
+    return np.random.default_rng(derive(seed, "sign flips")).choice(np.array([-1.0, 1.0]), size=(n_flip, n))
 
 
 def sign_flip_test(diffs: np.ndarray, n_flip: int, seed: int, scale=None) -> tuple[np.ndarray, np.ndarray, float]:

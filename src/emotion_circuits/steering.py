@@ -25,6 +25,7 @@ from .causal import Clean, scores, unit_directions
 from .config import ConfigError
 from .extract import tokenize_prompt
 from .io import DataError
+from .seeds import derive
 from .sites import Intervention, Site
 
 
@@ -219,7 +220,7 @@ def steer(engine, readout, clean: Clean, directions: Directions, layers, doses, 
     len(layers) * len(doses) * (k + n_random) groups per item; `positions[i]`: the prompt positions of item i
     that receive the addition (None: the extraction position; earlier ones need clean runs with positions=True)."""
     k, d = len(readout.emotions), directions.directions.shape[-1]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(derive(seed, "random directions"))
     d_e = torch.from_numpy(directions.directions[list(layers)])        # (n_layers_steered, k, d)
     shape = (len(layers), len(doses), k + n_random, k)
     steer_out, random_out = [], []

@@ -24,15 +24,13 @@ from .interventions import Engine
 from .io import DataError, save_npz, write_csv, write_json
 from .models import load_model
 from .readout import AnswerSettings, Readout
+from .seeds import derive
 from .steering import (SteeringSettings, against_grain, balanced, fit_directions, read_activations, steer,
                        text_positions)
 from .steering_summary import grain_summary, steering_summary
 from .stimuli import load_stimuli
 
 log = logging.getLogger(__name__)
-
-SEED_OFFSET = 50  # beside causal_report.SEED_OFFSET (patching 10 ... positions 40)
-
 
 @dataclass
 class Setup:
@@ -89,7 +87,7 @@ def setup(params: Params, model: str, activations="data/activations", directions
                                                                                       len(stimuli[cfg.set]))
     affect_cfg = params.section("steering_affect", affect.AffectSettings)
     return Setup(model, cfg, shared, params.prompt(shared.prompt).template, stimuli, engine, readout, layers,
-                 params.seed + SEED_OFFSET, answers, root,
+                 derive(params.seed, "steering"), answers, root,
                  Path(directions) if directions else Path("data/steering") / model / "directions.npz", gen, affect_cfg,
                  ablation, tuple(ablation_layers))
 
@@ -121,7 +119,7 @@ def run_steering(s: Setup):
     grain_clean = clean_runs(s.engine, tok, s.template, grain_items, s.answers, positions=True,   # kept for the
                              desc=f"clean {cfg.grain_set}", offsets=s.offsets, cache=s.prepared)  # ablation
     grain = grain_summary(against_grain(s.engine, s.readout, grain_clean, directions, best["layer"], best["dose"],
-                                        cfg.n_random, s.seed + 1,
+                                        cfg.n_random, derive(s.seed, "grain"),
                                         text_positions(tok, s.template, grain_items) if at_text else None),
                           emotions, n_boot, s.seed, n_flip)
     lap("against the grain")
@@ -146,7 +144,7 @@ def run_steering(s: Setup):
     per = [{"emotion": e, **{k: v for k, v in summary["per_emotion"][e].items()},
             **{f"grain_{k}": v for k, v in grain["per_emotion"][e].items()}} for e in emotions]
     metrics["generation"], text = generation.run_generation(s.engine.loaded, s.stimuli[cfg.set], directions, emotions,
-                                                           best, s.generation, n_boot, s.seed + 2)
+                                                           best, s.generation, n_boot, derive(s.seed, "generation"))
     lap("steered generation")
     metrics["affect"], plane = affect.affect(directions.directions[best["layer"]], emotions,
                                              s.affect)
