@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from emotion_circuits.config import EMOTIONS, load_params
+from emotion_circuits.config import EMOTIONS, ConfigError, load_params
 from emotion_circuits.screen import (ScreenError, ScreenSettings, baseline, explicit_hits, features, load_lexicon,
                                      screen, violations)
 from emotion_circuits.stimuli import Stimulus, load_params_sets
@@ -105,3 +105,59 @@ def test_counts_per_domain_only_for_sets_with_domains():
     assert per_domain[EMOTIONS[0]] == {"work": 5}
     assert all(per_domain[e] == {"home": 2, "work": 3} for e in EMOTIONS[1:])
     assert "per_domain" not in metrics["counts"]["C"]
+
+
+def _explicit(items, k, words=" Everyone was terrified."):
+    items = list(items)
+    items[k] = replace(items[k], text=items[k].text + words)
+    return items
+
+
+def test_on_violation_warn_records_and_goes_on_fail_stops_per_set(shipped):
+    """The policy is per set: an explicit word in C under warn is recorded (and the screen goes on to its baselines),
+    the same word in B under fail stops it; a B/N pair out of length fails if either set fails."""
+    sets = {**shipped, "C": _explicit(shipped["C"], 0)}
+    with pytest.raises(ScreenError, match=shipped["C"][0].id + " 'terrified'"):
+        screen(sets, LEXICON, ScreenSettings(n_boot=100), seed=0)
+    metrics = screen(sets, LEXICON, ScreenSettings(n_boot=100, on_violation={"C": "warn", "default": "fail"}), seed=0)
+    found = metrics["violations"]
+    assert found["on_violation"] == {"A": "fail", "B": "fail", "N": "fail", "C": "warn"}
+    assert [(v["check"], v["id"], v["what"], v["policy"]) for v in found["items"]] == \
+        [("explicit_words", shipped["C"][0].id, "'terrified'", "warn")]
+    assert "set_a_8class" in metrics["baselines"]
+    both = {**sets, "B": _explicit(shipped["B"], 2, " She was furious.")}
+    with pytest.raises(ScreenError) as err:
+        screen(both, LEXICON, ScreenSettings(n_boot=100, on_violation={"C": "warn", "default": "fail"}), seed=0)
+    assert shipped["B"][2].id in str(err.value) and shipped["C"][0].id not in str(err.value)
+    long_twin = {**shipped, "N": _explicit(shipped["N"], 0, " " + " ".join(["word"] * 30))}
+    with pytest.raises(ScreenError, match="ratio"):
+        screen(long_twin, LEXICON, ScreenSettings(n_boot=100, on_violation={"N": "warn"}), seed=0)
+    pair = screen(long_twin, LEXICON, ScreenSettings(n_boot=100, on_violation="warn"), seed=0)["violations"]["items"]
+    assert [(v["check"], v["sets"]) for v in pair] == [("pair_length", ["B", "N"])]
+
+
+def test_on_violation_settings_are_checked_in_one_line(shipped):
+    with pytest.raises(ConfigError, match=r"screen.on_violation: 'maybe' must be warn or fail"):
+        ScreenSettings(on_violation="maybe")
+    with pytest.raises(ConfigError, match=r"screen.on_violation.C: 'off' must be warn or fail"):
+        ScreenSettings(on_violation={"C": "off"})
+    with pytest.raises(ConfigError, match=r"screen.on_violation: 'X' is not a stimulus set \(sets: A, B, N, C"):
+        screen(shipped, LEXICON, ScreenSettings(on_violation={"X": "warn"}), seed=0)
+
+
+def test_stage_under_warn_writes_the_violation_with_its_file_and_line(tmp_path):
+    params = yaml.safe_load(open("params.yaml"))
+    lines = open("stimuli/sets/set_C.jsonl").read().splitlines()
+    third = json.loads(lines[2])
+    third["text"] += " Everyone was terrified."
+    (tmp_path / "set_C.jsonl").write_text("\n".join([*lines[:2], json.dumps(third), *lines[3:]]) + "\n")
+    params["stimuli"]["C"] = str(tmp_path / "set_C.jsonl")
+    params["screen"]["on_violation"] = {"C": "warn", "default": "fail"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "stages/stimuli.py", "--params", str(tmp_path / "params.yaml"),
+                           "--metrics", str(tmp_path / "m"), "--plots", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "recorded, not failing (screen.on_violation: warn for set C)" in proc.stderr
+    found = json.loads((tmp_path / "m" / "stimuli.json").read_text())["violations"]["items"]
+    assert [(v["id"], v["where"]) for v in found] == [(third["id"], f"{tmp_path / 'set_C.jsonl'}:3")]

@@ -9,6 +9,15 @@ items of one emotion and in no other: the non-emotion giveaways); counts per emo
 scripts told under two labels; the blind-ratings check (ratings.py; fails whenever the ratings file exists and an
 item falls short); and the style-only baseline beside the others.
 
+Every breach is a *violation* of a set (explicit words, pair lengths, display cues, style breaches, blind readings).
+`screen.on_violation` (fail | warn, one for all sets or per set with a `default`) decides what a set's violations
+do: under `fail` a violation of a failing check stops the stage in one line naming file:line and item; under `warn`
+it is recorded in `metrics/stimuli.json` (`violations`) and the pipeline goes on, so a user's own set can enter the
+pipeline before it is clean. A check's own policy still applies: display cues and style breaches fail only where
+`screen.display_cues` / `screen.style_checks` say fail; explicit words, pair lengths and blind readings always do. A
+violation of several sets (a B/N pair, a script told in A and B) fails if any of them is `fail`. The authored sets
+keep `fail`.
+
 The baselines use the probes' protocol (stats.splits, grouped by `pair` for B vs N so twins share a fold;
 stats.cv_proba; stats.bootstrap_auroc over groups), so their AUROCs are directly comparable with a probe's: how much
 of a task a classifier gets from text length, polarity or word choice. The probes stage repeats these baselines (and
@@ -63,8 +72,14 @@ class ScreenSettings:
     style_checks: str = "warn"
     dev_seed: int = 9173
     ratings: str = "stimuli/ratings.jsonl"
+    on_violation: object = "fail"   # "fail" | "warn", or {set: policy, default: policy} (checked below)
 
     def __post_init__(self):
+        policies = self.on_violation if isinstance(self.on_violation, dict) else {"default": self.on_violation}
+        for name, policy in policies.items():
+            if policy not in POLICIES:
+                where = "screen.on_violation" + (f".{name}" if isinstance(self.on_violation, dict) else "")
+                raise ConfigError(f"params.yaml: {where}: {policy!r} must be warn or fail")
         for key in ("display_cues", "style_checks"):
             if getattr(self, key) not in POLICIES:
                 raise ConfigError(f"params.yaml: screen.{key}: {getattr(self, key)!r} must be warn or fail")
@@ -80,6 +95,17 @@ class ScreenSettings:
         if not 0 <= self.pair_length_tolerance < 1:
             raise ConfigError(f"params.yaml: screen.pair_length_tolerance: {self.pair_length_tolerance} "
                               "must be in [0, 1)")
+
+    def policy_of(self, sets) -> dict[str, str]:
+        """set name -> its on_violation policy, for each of `sets`; a per-set mapping naming a set that is not
+        among them is a ConfigError."""
+        if not isinstance(self.on_violation, dict):
+            return dict.fromkeys(sets, self.on_violation)
+        unknown = sorted(set(self.on_violation) - set(sets) - {"default"})
+        if unknown:
+            raise ConfigError(f"params.yaml: screen.on_violation: {unknown[0]!r} is not a stimulus set "
+                              f"(sets: {', '.join(sets)}; or default)")
+        return {name: self.on_violation.get(name, self.on_violation.get("default", "fail")) for name in sets}
 
 
 # ---------------------------------------------------------------------------------------------- lexicons
@@ -223,18 +249,25 @@ def pair_ratios(sets: dict[str, list[Stimulus]]) -> list[tuple[str, str, int, in
             for b in sets.get("B", []) if b.pair in n_by_id]
 
 
-def violations(sets: dict[str, list[Stimulus]], lexicon: dict, tolerance: float) -> list[str]:
-    """Every breach of the rules, one short phrase each: explicit words in Sets B, N, C; B/N pairs out of length."""
+def rule_violations(sets: dict[str, list[Stimulus]], lexicon: dict, tolerance: float) -> list[dict]:
+    """Explicit words in Sets B, N, C and B/N pairs out of length, one record each: `{check, sets, id, what}`."""
     out = []
     for name in CLEAN_SETS:
         for item in sets.get(name, []):
             hits = sorted({w for _, w in explicit_hits(item.text, lexicon)})
             if hits:
-                out.append(f"{item.id} " + ", ".join(f"'{w}'" for w in hits))
+                out.append({"check": "explicit_words", "sets": [name], "id": item.id,
+                            "what": ", ".join(f"'{w}'" for w in hits)})
     for b, n, wb, wn in pair_ratios(sets):
         if abs(wn / wb - 1) > tolerance:
-            out.append(f"{b}/{n} {wb}/{wn} words (ratio {wn / wb:.2f}, tolerance {tolerance:g})")
+            out.append({"check": "pair_length", "sets": ["B", "N"], "id": f"{b}/{n}",
+                        "what": f"{wb}/{wn} words (ratio {wn / wb:.2f}, tolerance {tolerance:g})"})
     return out
+
+
+def violations(sets: dict[str, list[Stimulus]], lexicon: dict, tolerance: float) -> list[str]:
+    """Every breach of the rules, one short phrase each: explicit words in Sets B, N, C; B/N pairs out of length."""
+    return [f"{v['id']} {v['what']}" for v in rule_violations(sets, lexicon, tolerance)]
 
 
 # ---------------------------------------------------------------------------------------------- baselines
@@ -276,15 +309,25 @@ def baseline(feats: dict[str, np.ndarray], y: np.ndarray, settings: ScreenSettin
 # ---------------------------------------------------------------------------------------------- the screen
 
 
+def _phrase(record: dict) -> str:
+    """One violation as the error and the log name it: file:line (when known), item, what, and the check's policy
+    setting for failing display cues and style breaches."""
+    at = f"{record['where']}: " if record.get("where") else ""
+    item = f"{record['id']} " if record["id"] and record["check"] != "ratings" else ""
+    policy = f" (screen.{record['check']}: fail)" if record["check"] in ("display_cues", "style_checks") \
+        and record["policy"] == "fail" else ""
+    return f"{at}{item}{record['what']}{policy}"
+
+
 def _fail(found: list[str]) -> None:
     if found:
         more = f"; ... and {len(found) - MAX_LISTED} more" if len(found) > MAX_LISTED else ""
         raise ScreenError("stimuli screen failed: " + "; ".join(found[:MAX_LISTED]) + more)
 
 
-def style_report(sets: dict[str, list[Stimulus]]) -> tuple[dict, list[str]]:
+def style_report(sets: dict[str, list[Stimulus]]) -> tuple[dict, list[tuple[list[str], str]]]:
     """style.style_checks of Sets B and N per emotion (an N twin under its vignette's emotion) and one quote style
-    over both; breaches prefixed by the set."""
+    over both; breaches as (the sets they concern, phrase prefixed by the set)."""
     label, report, breaches = _labels(sets), {}, []
     for name in ("B", "N"):
         if sets.get(name):
@@ -292,11 +335,11 @@ def style_report(sets: dict[str, list[Stimulus]]) -> tuple[dict, list[str]]:
             for item in sets[name]:
                 groups.setdefault(label[item.id], []).append((item.id, item.text))
             report[name], found = style_checks(groups)
-            breaches += [f"set {name} {b}" for b in found]
+            breaches += [([name], f"set {name} {b}") for b in found]
     used = sorted({q for r in report.values() for q in r["quote_styles"]})
     report["quote_styles"] = used
     if len(used) > 1 and all(len(r["quote_styles"]) <= 1 for n, r in report.items() if n != "quote_styles"):
-        breaches.append(f"sets B and N use quote styles {' and '.join(used)}, expected one")
+        breaches.append((["B", "N"], f"sets B and N use quote styles {' and '.join(used)}, expected one"))
     return report, breaches
 
 
@@ -328,9 +371,9 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
     """Metrics of every set (see module doc); `seed` is the top-level seed, used unless `settings.seed` is set.
     `cues` the display-cue lexicon (load_lexicon(..., "display_cues")), `paths` set -> JSONL (for file:line in
     messages), `ratings` id -> [(rater, answer)] (ratings.load_ratings; None: not rated).
-    Raises ScreenError naming every violation (and, under `fail` policies, every display cue and style breach)
-    before any baseline is fitted."""
-    _fail(violations(sets, lexicon, settings.pair_length_tolerance))
+    Raises ScreenError naming every violation that fails (module doc: `screen.on_violation` and the checks' own
+    policies) before any baseline is fitted; the others are recorded under `violations`."""
+    policy = settings.policy_of(sets)
     seed = resolve(settings.seed, seed)
     if settings.dev_seed == seed:
         raise ConfigError(f"params.yaml: screen.dev_seed: {seed} is the seed the screen reports (choose another)")
@@ -341,10 +384,27 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
     style, breaches = style_report(sets)
     design, shared = design_counts(sets)
     rated, short = ratings_mod.summarise(ratings, sets)
-    _fail([f"{where.get(h['id'], h['id'])}: {h['id']} display cue '{h['cue']}' (screen.display_cues: fail)"
-           for h in hits] if settings.display_cues == "fail" else [])
-    _fail([f"{b} (screen.style_checks: fail)" for b in breaches + shared] if settings.style_checks == "fail" else [])
-    _fail([f"{where.get(f.split(':')[0], f.split(':')[0])}: blind readings: {f}" for f in short])
+    set_of = {s.id: name for name, items in sets.items() for s in items}
+    scripts = {name: {s.script for s in sets.get(name, [])} for name in ("A", "B")}
+    records = rule_violations(sets, lexicon, settings.pair_length_tolerance)
+    records += [{"check": "display_cues", "sets": [h["set"]], "id": h["id"], "what": f"display cue '{h['cue']}'"}
+                for h in hits]
+    records += [{"check": "style_checks", "sets": names, "id": None, "what": b} for names, b in breaches]
+    records += [{"check": "style_checks", "sets": [n for n in ("A", "B") if k in scripts[n]], "id": None,
+                 "what": phrase} for k, phrase in zip(design.get("scripts_under_two_labels", {}), shared)]
+    records += [{"check": "ratings", "sets": [set_of[f.split(":")[0]]], "id": f.split(":")[0],
+                 "what": f"blind readings: {f}"} for f in short]
+    check_policy = {"display_cues": settings.display_cues, "style_checks": settings.style_checks}
+    for r in records:
+        lines = [where[i] for i in (r["id"] or "").split("/") if i in where]   # a pair: both lines
+        r["where"] = " / ".join(lines) or None
+        fails = check_policy.get(r["check"], "fail") == "fail" and any(policy[n] == "fail" for n in r["sets"])
+        r["policy"] = "fail" if fails else "warn"
+    _fail([_phrase(r) for r in records if r["policy"] == "fail"])
+    for r in records:
+        why = (f"screen.{r['check']}: warn" if check_policy.get(r["check"], "fail") == "warn"
+               else f"screen.on_violation: warn for set {'/'.join(r['sets'])}")
+        log.warning("screen: recorded, not failing (%s): %s", why, _phrase(r))
     per_set = {}
     for h in hits:
         per_set.setdefault(h["set"], Counter())[h["emotion"]] += 1
@@ -353,9 +413,11 @@ def screen(sets: dict[str, list[Stimulus]], lexicon: dict, settings: ScreenSetti
                                 "n_items": len({h["id"] for h in hits}),
                                 "hits_per_emotion": {k: dict(sorted(v.items())) for k, v in per_set.items()},
                                 "hits": [{**h, "where": where.get(h["id"])} for h in hits]},
-               "style_checks": {"policy": settings.style_checks, "breaches": breaches + shared, **style},
+               "style_checks": {"policy": settings.style_checks, "breaches": [b for _, b in breaches] + shared,
+                                **style},
                "word_skew": {name: word_skew(sets[name]) for name in ("A", "B") if name in sets},
-               "ratings": rated, **({"writers_scripts": design} if design else {})}
+               "ratings": rated, **({"writers_scripts": design} if design else {}),
+               "violations": {"on_violation": policy, "n": len(records), "items": records}}
     nrc = load_nrc()
     polarity = {}
     for name, items in sets.items():
