@@ -3,6 +3,9 @@ per embedded model. The work is one neutral (Set N) prompt steered as the `steer
 (params `steering`) x dose x (8 emotion-like unit directions + n_random random ones), `add` of dose * s * u to h[l]
 at the extraction position (s = 10, a stand-in for the layer's median norm). Prints the ratio of wall times (the
 fast path counting its clean `prepare`), the max |score difference| and top-1 agreement. Target: >= 30x.
+Second line: the experiments' relative scoring (`Engine.run(..., relative=True)`: the last prompt token needs only
+the words' first-token logits) against full log-probabilities on the same groups, and the max |difference| of the
+answers log-softmaxed over the emotions (equal up to float error by construction).
 The plain side is timed on --n-plain groups and scaled to the whole work (it is linear in the groups).
 Usage: python bench/bench_steering.py [--models ...] [--n-plain 40] [--threads N]
 """
@@ -59,6 +62,16 @@ def main():
               f"{8 + cfg.n_random} directions = {len(groups)} additions, torch threads {torch.get_num_threads()}): "
               f"fast {t_fast:.2f} s, plain {t_plain:.1f} s (scaled from {len(pick)}), ratio {t_plain / t_fast:.0f}x; "
               f"max |diff| {diff:.1e}, top-1 agreement {top1:.3f}")
+        prepared = engine.prepare(ids)
+        start = time.perf_counter()
+        full = engine.run(prepared, groups)
+        t_full = time.perf_counter() - start
+        start = time.perf_counter()
+        relative = engine.run(prepared, groups, relative=True)
+        t_relative = time.perf_counter() - start
+        gap = (torch.log_softmax(full, -1) - torch.log_softmax(relative, -1)).abs().max().item()
+        print(f"{name}: relative scoring {t_relative:.2f} s, full log-probabilities {t_full:.2f} s, ratio "
+              f"{t_full / t_relative:.2f}x; max |diff| of the answers over the emotions {gap:.1e}")
 
 
 if __name__ == "__main__":

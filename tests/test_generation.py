@@ -9,9 +9,9 @@ import torch
 from conftest import tiny_model
 from emotion_circuits.config import EMOTIONS, ConfigError, parse_section
 from emotion_circuits.decoder import Decoder
-from emotion_circuits.generation import (NRC_CATEGORY, GenerationSettings, adding, generation_summary, greedy,
-                                         greedy_shared, nrc_share, shared_prefill,
-                                         run_generation)
+from emotion_circuits.generation import (NRC_CATEGORY, GenerationSettings, ScreenedHead, adding,
+                                         generation_summary, greedy, greedy_shared, nrc_share, run_generation,
+                                         screened_head, shared_prefill)
 from emotion_circuits.nrc import NRC_EMOTIONS, load_nrc
 from emotion_circuits.steering import Directions
 from emotion_circuits.stimuli import Stimulus
@@ -158,3 +158,40 @@ def test_shared_prefill_equals_every_row_from_its_first_token(tiny, where, monke
                             lambda self, h, *a, **k: forward_from(self, h[:1].expand_as(h).contiguous(), *a, **k))
         wrong = last_logits(shared_prefill(tiny, ids, layer, vectors))
         assert (wrong[1:] - plain_logits[1:]).abs().max() > 1e-3
+
+
+def test_screened_head_finds_the_float32_argmax_where_bfloat16_alone_does_not():
+    """Rows whose top two logits differ by less than bfloat16's error: the bfloat16 argmax is wrong on some of them
+    (the method that can fail), the screened head's argmax is the float32 one on every row, and its candidates carry
+    the float32 logits."""
+    g = torch.Generator().manual_seed(0)
+    vocab, d, n = 5000, 64, 400
+    weight = torch.randn(vocab, d, generator=g)
+    h = torch.randn(n, d, generator=g) * 3
+    rival = torch.randint(0, vocab, (n,), generator=g)
+    best = torch.nn.functional.linear(h, weight).argmax(-1)
+    weight_rows = weight.clone()
+    # plant near-ties: token `rival[i]` gets within ~1e-3 of row i's winner by moving h along their difference
+    for i in range(n):
+        if rival[i] == best[i]:
+            continue
+        diff = weight_rows[best[i]] - weight_rows[rival[i]]
+        gap = (h[i] @ diff) - 1e-3 * (1 + i % 5)
+        h[i] -= gap * diff / (diff @ diff)
+    exact = torch.nn.functional.linear(h, weight)
+    screened = ScreenedHead(weight)(h)
+    bf16 = torch.nn.functional.linear(h.bfloat16(), weight.bfloat16()).float()
+    assert (bf16.argmax(-1) != exact.argmax(-1)).sum() >= 5                # 10 of the 400 rows here
+    assert torch.equal(screened.argmax(-1), exact.argmax(-1))
+    kept = screened > torch.finfo(torch.float32).min
+    torch.testing.assert_close(screened[kept], exact[kept], rtol=0, atol=1e-4)
+    assert kept.sum(-1).float().mean() < 0.05 * vocab                   # few candidates: the point of screening
+
+
+def test_screened_head_is_put_back_and_generation_is_unchanged(tiny):
+    head = tiny.model.get_output_embeddings()
+    with screened_head(tiny.model):
+        assert isinstance(tiny.model.get_output_embeddings(), ScreenedHead)
+        screened = greedy(tiny, TEXTS, 8)
+    assert tiny.model.get_output_embeddings() is head
+    assert screened == greedy(tiny, TEXTS, 8)

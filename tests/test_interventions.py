@@ -180,3 +180,74 @@ def test_fast_path_equals_plain_path_embedded(embedded_model):
         plain = plain_scores(embedded_model, engine.readout, ids, groups)
         torch.testing.assert_close(fast, plain, rtol=0, atol=EMBEDDED_ATOL)
         assert torch.equal(fast.argmax(-1), plain.argmax(-1))
+
+
+def _per_word_by_hand(loaded, readout, ids, normalize_first: bool, normalize_rest: bool) -> torch.Tensor:
+    """Clean whole-word scores from the model's own forward on prompt + word: per token its logit, minus the
+    vocabulary's logsumexp where asked (column 0: the last prompt token; the rest: the word's own tokens)."""
+    words = []
+    with torch.inference_mode():
+        for seq in readout.sequences:
+            logits = loaded.model(torch.tensor([list(ids) + list(seq[:-1])])).logits[0, len(ids) - 1:].float()
+            score = 0.0
+            for j, token in enumerate(seq):
+                normalize = normalize_first if j == 0 else normalize_rest
+                score += logits[j, token] - (torch.logsumexp(logits[j], -1) if normalize else 0.0)
+            words.append(score)
+    return readout.combine(torch.stack(words)[None])
+
+
+def test_relative_scores_differ_from_log_probs_by_one_constant_per_group(tiny):
+    """relative=True leaves out the last prompt token's log-normalizer: the same for every word of a group, so the
+    raw scores move by one constant per group and the calibrated answers (log-softmax over emotions) do not move."""
+    cfg = tiny.model.config
+    groups = mixed_groups(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
+    engine = engine_for(tiny, batch_size=5)
+    prepared = engine.prepare(ids_of(tiny))
+    full, relative = engine.run(prepared, groups), engine.run(prepared, groups, relative=True)
+    shift = relative - full
+    assert shift.std(-1).max() < TINY_ATOL                               # one constant per group ...
+    assert shift.mean(-1).abs().min() > 1.0                              # ... and not zero: the normalizer is left out
+    torch.testing.assert_close(torch.log_softmax(relative, -1), torch.log_softmax(full, -1), rtol=0, atol=TINY_ATOL)
+
+
+def test_only_the_first_column_normalizer_may_be_dropped(tiny):
+    """The method can fail: leaving out the later columns' normalizers too (each word's own tokens are predicted at
+    columns that differ between words) changes the calibrated answers; leaving out column 0's alone does not."""
+    readout = Readout.build(tiny.tokenizer, AnswerSettings())
+    assert max(len(s) for s in readout.sequences) > 1                    # byte-level: multi-token words
+    ids = ids_of(tiny)
+    truth = torch.log_softmax(_per_word_by_hand(tiny, readout, ids, True, True), -1)
+    first_dropped = torch.log_softmax(_per_word_by_hand(tiny, readout, ids, False, True), -1)
+    all_dropped = torch.log_softmax(_per_word_by_hand(tiny, readout, ids, False, False), -1)
+    torch.testing.assert_close(first_dropped, truth, rtol=0, atol=TINY_ATOL)
+    assert (all_dropped - truth).abs().max() > 0.05
+    engine = Engine(tiny, readout, batch_size=3)
+    fast = engine.run(engine.prepare(ids), [[]], relative=True)
+    torch.testing.assert_close(torch.log_softmax(fast, -1), truth, rtol=0, atol=TINY_ATOL)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_pooled_output_layer_is_chunk_invariant(tiny, batch_size, monkeypatch):
+    """The output layer runs on every chunk's columns at once, split by LOGIT_BUDGET: any chunking and any budget
+    give the same scores (rows stay with their groups after the sort by starting layer)."""
+    import emotion_circuits.interventions as interventions
+    cfg = tiny.model.config
+    groups = mixed_groups(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
+    ids = ids_of(tiny)
+    reference = engine_for(tiny, batch_size=len(groups)).run(engine_for(tiny).prepare(ids), groups, relative=True)
+    monkeypatch.setattr(interventions, "LOGIT_BUDGET", 3 * tiny.model.config.vocab_size)  # 3 rows per matmul
+    engine = engine_for(tiny, batch_size=batch_size)
+    torch.testing.assert_close(engine.run(engine.prepare(ids), groups, relative=True), reference, rtol=0,
+                               atol=TINY_ATOL)
+
+
+def test_clean_runs_scored_together_equal_each_scored_alone(tiny):
+    """score_clean runs the output layer on many clean runs at once: the same raw scores as prepare's own."""
+    engine = engine_for(tiny)
+    texts = [PROMPT, "Text: She read the letter twice.\nAnswer:", "Text: x\nAnswer:"]
+    alone = [engine.prepare(ids_of(tiny, t)).raw for t in texts]
+    later = [engine.prepare(ids_of(tiny, t), score=False) for t in texts]
+    assert all(p.raw is None for p in later)
+    engine.score_clean(later)
+    torch.testing.assert_close(torch.stack([p.raw for p in later]), torch.stack(alone), rtol=0, atol=TINY_ATOL)

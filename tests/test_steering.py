@@ -144,7 +144,7 @@ class PlantedEngine:
         w[0] = 3 * v
         self.w = torch.from_numpy(w)
 
-    def run(self, prepared, groups):
+    def run(self, prepared, groups, relative=False):
         states = [prepared.h + sum((iv.value for iv in group), torch.zeros(D)) for group in groups]
         bias = torch.zeros(len(EMOTIONS))
         bias[0] = -3.0

@@ -231,7 +231,7 @@ def ablated_items(engine, prepared: list, offsets: torch.Tensor, layer: int, bas
             inputs = []
             final = engine._blocks(prep, h, layer + 1, 0, k, inputs=inputs)
             width = tail.shape[0]
-            raw = engine._scores(final.view(k, width, -1)[:, n - 1:]).cpu()
+            raw = engine._scores(final.view(k, width, -1)[:, n - 1:], relative=True).cpu()
             later = torch.stack([x.view(k, width, -1)[:, n - 1] for x in inputs])           # (L - layer, k, d)
             for j, (runs, basis) in enumerate(zip(out, bases)):
                 sites = [prep.sites[Site("h", i)] for i in range(layer)] + list(later[:, j])

@@ -152,6 +152,9 @@ def calibration_offsets(engine: Engine, tokenizer, template: str, answers: Answe
     return torch.stack(raw).mean(0)
 
 
+CLEAN_BATCH = 32  # clean runs scored together (their prefix caches are held until then)
+
+
 def common_prefix(all_ids) -> int:
     """The number of leading token ids every prompt of `all_ids` shares (the template's fixed part), or 0 for
     fewer than two prompts."""
@@ -173,13 +176,25 @@ def clean_runs(engine: Engine, tokenizer, template: str, stimuli, answers: Answe
     prepared = []
     all_ids = [tuple(tokenize_prompt(tokenizer, template, stimulus.text).ids) for stimulus in stimuli]
     shared = common_prefix(all_ids)
+    made = []      # clean runs still to score: the output layer runs on CLEAN_BATCH of them at once
+
+    def flush():
+        engine.score_clean(made)
+        made.clear()
+        if not keep_cache:
+            prepared[:] = [p.without_cache() for p in prepared]
+
     for ids in tqdm(all_ids, desc=desc, leave=False):
         prep = cache.get(ids) if cache is not None else None
         if prep is None or (positions and prep.prompt_resid is None):
-            prep = engine.prepare(ids, positions=positions, shared=shared)
+            prep = engine.prepare(ids, positions=positions, shared=shared, score=False)
+            made.append(prep)
             if cache is not None:
                 cache[ids] = prep
-        prepared.append(prep if keep_cache else prep.without_cache())
+        prepared.append(prep)
+        if len(made) == CLEAN_BATCH:
+            flush()
+    flush()
     raw = torch.stack([p.raw for p in prepared])
     if offsets is None:
         offsets = calibration_offsets(engine, tokenizer, template, answers)
@@ -190,8 +205,9 @@ def clean_runs(engine: Engine, tokenizer, template: str, stimuli, answers: Answe
 
 def scores(engine: Engine, readout: Readout, clean: Clean, prepared: Prepared, groups) -> torch.Tensor:
     """The one readout of every experiment: `(len(groups), n_emotions)` calibrated answer log-probs of `prepared`
-    under each group of interventions (whole-word raw scores minus the clean content-free offsets)."""
-    return clean.calibrate(engine.run(prepared, groups))
+    under each group of interventions (whole-word raw scores minus the clean content-free offsets; the scores
+    relative to the last token's log-normalizer, which calibration drops anyway)."""
+    return clean.calibrate(engine.run(prepared, groups, relative=True))
 
 
 def design_pairs(labels: Sequence[str], emotions: Sequence[str], per_source: int, seed: int):

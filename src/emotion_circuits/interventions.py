@@ -13,8 +13,15 @@ the shared prefix keys, so the prefix is never copied k times), from the lowest 
 below cannot change) up; the label columns attend to the intervened keys and values, and the hooks touch only the
 columns of the intervened prompt positions. With `prepare(..., positions=True)` a group may intervene at an
 earlier prompt position p: the prompt tokens p..end are recomputed as well, from the prefix keys sliced at p.
-Each scored position needs the full-vocabulary log-softmax (its partition function), so the output layer runs
-over the whole vocabulary at the tree's columns only.
+Each scored position needs the full-vocabulary log-softmax (its partition function), so the output layer runs over
+the whole vocabulary at the tree's columns only. `Engine.run(..., relative=True)`, which every experiment uses
+(`causal.scores`), scores relative to the last prompt token's partition function: every word's first token is
+predicted by that one column, so its log-normalizer is the same for all eight words and cancels in every calibrated
+answer (`readout.calibrate` log-softmaxes over the emotions); that column then needs only the logits of the words'
+first tokens, and the full vocabulary runs at the later columns alone (half of the output layer's work when every
+multi-token word has two tokens). The clean run (`prepare`) keeps the true log-probabilities (label mass, raw
+answers). The output layer runs on the final columns of all chunks of a call together, so its matrix product sees
+many rows at once (`LOGIT_BUDGET`).
 
 The decoder blocks are the model's own modules, called in order as the model's forward calls them; only the
 architectures of `sites.ARCHITECTURES` with full or sliding-window causal attention are supported.
@@ -37,7 +44,7 @@ from .readout import Readout
 from .sites import Intervention, Site, SiteError, all_sites, decoder_layers, hooked, site_module
 
 Group = Sequence[Intervention]
-LOGIT_BUDGET = 2 ** 24  # floats of full-vocabulary logits computed at once (64 MB in float32)
+LOGIT_BUDGET = 2 ** 26  # floats of full-vocabulary logits computed at once (256 MB in float32)
 
 
 def _take(output, index):
@@ -157,12 +164,12 @@ def _position(iv: Intervention, n_prompt: int) -> int:
     return position
 
 
-def _log_probs(logits: torch.Tensor, softcap) -> torch.Tensor:
-    """Output-layer logits -> log-softmax over the vocabulary (after the model's logit soft-capping, if any)."""
+def _capped(logits: torch.Tensor, softcap) -> torch.Tensor:
+    """Output-layer logits in float32, after the model's logit soft-capping, if any."""
     logits = logits.float()
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, dim=-1)
+    return logits
 
 
 def plain_scores(loaded: LoadedModel, readout: Readout, ids: Sequence[int], groups: Sequence[Group]) -> torch.Tensor:
@@ -288,24 +295,46 @@ class Engine(Decoder):
         cache = _PrefixKV([x[..., :start, :] for x in prepared.keys], [x[..., :start, :] for x in prepared.values])
         return self.base.norm(self.forward_from(h, layer0, cache, masks, position_ids, inputs))
 
-    def _scores(self, final: torch.Tensor) -> torch.Tensor:
+    def _scores(self, final: torch.Tensor, relative: bool = False) -> torch.Tensor:
         """Final-normed tree columns `(k, T, d_model)` -> raw scores `(k, n_emotions)`: per word the sum of its
-        tokens' log-probabilities (full-vocabulary log-softmax at each source column)."""
+        tokens' log-probabilities (full-vocabulary log-softmax at each source column). relative=True leaves out
+        column 0's log-normalizer, the same for every word of a row (exact for calibrated answers): column 0 then
+        needs only the logits of the words' first tokens."""
         k, T, _ = final.shape
-        step = max(1, LOGIT_BUDGET // (T * self.weight.shape[0]))
-        words = []
-        for at in range(0, k, step):
-            lp = _log_probs(F.linear(final[at:at + step], self.weight, self.bias), self.softcap)  # (s, T, vocab)
-            per_token = lp[:, self.tree.source.to(lp.device), self.tree.target.to(lp.device)]  # (s, R)
-            words.append(torch.zeros(len(lp), len(self.readout.words), device=lp.device)
-                         .index_add_(1, self.tree.word.to(lp.device), per_token))
-        return self.readout.combine(torch.cat(words))
+        tree = self.tree
+        source, target = tree.source.to(final.device), tree.target.to(final.device)
+        per_token = torch.empty(k, len(source), device=final.device)
+        first = source == 0
+        if relative:
+            w = self.weight[target[first]]
+            logits = F.linear(final[:, 0], w, None if self.bias is None else self.bias[target[first]])
+            per_token[:, first] = _capped(logits, self.softcap)
+            columns, rows = range(1, T), ~first
+        else:
+            columns, rows = range(T), torch.ones_like(first)
+        if len(columns):
+            c = torch.tensor(list(columns), device=final.device)
+            flat = final[:, c].reshape(k * len(c), -1)                       # row i*len(c)+j: group i, column c[j]
+            where = source[rows] - columns[0]                                  # index into c of each scored token
+            step = max(1, LOGIT_BUDGET // self.weight.shape[0])
+            picked, lse = [], []
+            for at in range(0, len(flat), step):
+                logits = _capped(F.linear(flat[at:at + step], self.weight, self.bias), self.softcap)
+                lse.append(torch.logsumexp(logits, dim=-1))
+                picked.append(logits[:, target[rows]])                        # (s, n_rows): every row's targets
+            lse = torch.cat(lse).view(k, len(c))
+            picked = torch.cat(picked).view(k, len(c), -1)
+            per_token[:, rows] = picked.gather(1, where[None, None].expand(k, 1, -1))[:, 0] - lse[:, where]
+        words = torch.zeros(k, len(self.readout.words), device=final.device).index_add_(1, tree.word.to(final.device),
+                                                                                         per_token)
+        return self.readout.combine(words)
 
-    def prepare(self, ids: Sequence[int], positions: bool = False, shared: int = 0) -> Prepared:
+    def prepare(self, ids: Sequence[int], positions: bool = False, shared: int = 0, score: bool = True) -> Prepared:
         """Prefix keys and values (the model's own forward, once), and the clean run of the tree. positions=True
         also keeps every block's input at the prefix positions, for interventions at earlier positions.
         shared: the first `shared` tokens are a prefix common to many prompts (the template's fixed part): they
-        run once per engine (`_shared_run`) and the model's forward goes on from their cache."""
+        run once per engine (`_shared_run`) and the model's forward goes on from their cache. score=False leaves
+        `raw` to `score_clean`, which runs the output layer on many clean runs at once."""
         ids = tuple(int(i) for i in ids)
         if len(ids) < 2:
             raise SiteError("the fast path needs a prompt of at least two tokens")
@@ -337,10 +366,20 @@ class Engine(Decoder):
             resid = []
             with hooked(self.model, reads=all_sites(self.n_layers), position=0) as read:
                 final = self._blocks(prepared, h, 0, n - 1, 1, inputs=resid)
-            prepared.raw = self._scores(final)[0]
+            if score:
+                prepared.raw = self._scores(final)[0]
         prepared.sites = {site: value[0] for site, value in read.items()}
         prepared.resid = torch.stack(resid)
         return prepared
+
+    def score_clean(self, prepared: Sequence[Prepared]) -> None:
+        """Fill in `raw` of clean runs prepared with score=False, the output layer on all their tree columns
+        together (the final norm of each run's last block output `resid[-1]`)."""
+        if prepared:
+            with torch.inference_mode():
+                final = self.base.norm(torch.stack([p.resid[-1] for p in prepared]))
+                for p, raw in zip(prepared, self._scores(final)):
+                    p.raw = raw
 
     def _shared_run(self, ids: tuple[int, ...], positions: bool):
         """(keys, values per layer `(1, kv_heads, len(ids), head_dim)`, block inputs `(n_layers + 1, len(ids),
@@ -363,9 +402,11 @@ class Engine(Decoder):
     def _start(self, group: Group) -> int:
         return min((iv.site.layer for iv in group), default=self.n_layers - 1) if self.skip else 0
 
-    def run(self, prepared: Prepared, groups: Sequence[Group]) -> torch.Tensor:
+    def run(self, prepared: Prepared, groups: Sequence[Group], relative: bool = False) -> torch.Tensor:
         """Raw whole-word scores `(len(groups), n_emotions)` (log-probabilities, teacher-forced; `readout`) with
-        group j's interventions `groups[j]`, each at its prompt position (-1: the last token)."""
+        group j's interventions `groups[j]`, each at its prompt position (-1: the last token). relative=True: plus
+        one constant per group, the last token's log-normalizer (see the module docstring), so that only their
+        differences and the calibrated answers are defined; exact for those and cheaper."""
         if prepared.keys is None:
             raise SiteError("this prepared prompt was stored without its prefix cache; prepare it again to run it")
         n = len(prepared.ids)
@@ -380,6 +421,7 @@ class Engine(Decoder):
         width, last = tail.shape[1], n - 1 - start
         order = sorted(range(len(groups)), key=lambda i: self._start(groups[i]))
         out = torch.empty(len(groups), len(self.readout.emotions))
+        finals = []   # the tree columns of every chunk: the output layer runs on them all at once (`_scores`)
         with torch.inference_mode():
             for at in range(0, len(order), self.batch_size):
                 chunk = order[at:at + self.batch_size]
@@ -388,5 +430,6 @@ class Engine(Decoder):
                 column_of = lambda j, iv: j * width + _position(iv, n) - start  # noqa: E731
                 with column_interventions(self.model, [groups[i] for i in chunk], column_of):
                     final = self._blocks(prepared, h, layer0, start, len(chunk))
-                out[chunk] = self._scores(final.view(len(chunk), width, -1)[:, last:]).cpu()
+                finals.append(final.view(len(chunk), width, -1)[:, last:])
+            out[order] = self._scores(torch.cat(finals), relative).cpu()
         return out
