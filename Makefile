@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test test-fast bench lock s3-local s3-stop clean-cache
+.PHONY: install repro cold-repro test test-fast bench lock s3-local s3-stop clean-cache
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): requirements.lock pyproject.toml
 ## The main job: every stage of dvc.yaml on the embedded models (first run converts their weights once).
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+## Every stage fully cold (`dvc repro -f`), timed: each stage's wall time and the total (tools/timed_repro.py).
+cold-repro: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/timed_repro.py --log repro-cold.log --table repro-cold.txt
 
 ## The test suite (a tiny random-weights model for most tests, the embedded models for a few end-to-end checks).
 test: install
