@@ -165,17 +165,18 @@ def test_prepared_without_cache_cannot_run(tiny):
 
 @pytest.mark.slow
 def test_fast_path_equals_plain_path_embedded(embedded_model):
-    """Both embedded architectures, the real label words (' lo'+'athing', ...), set and zero on every kind at three
-    depths, a head, a pair, the empty group; and the same at an earlier position."""
+    """Both embedded architectures, the real label words (' lo'+'athing', ...): set on every kind at three depths,
+    a pair and the empty group at the last position; zero on every kind at three depths and a head at an earlier one
+    (each plain forward costs about a second here; every op at every position is checked on the tiny models)."""
     cfg = embedded_model.model.config.get_text_config()
     ids = embedded_model.tokenizer("Text: She found the old photographs in a box after the funeral.\nAnswer:")
     ids = ids["input_ids"]
     engine = Engine(embedded_model, Readout.build(embedded_model.tokenizer, AnswerSettings()), batch_size=8)
     assert max(len(s) for s in engine.readout.sequences) >= 2
     prepared = engine.prepare(ids, positions=True)
-    for position in (-1, len(ids) - 6):
+    for position, op in ((-1, "set"), (len(ids) - 6, "zero")):
         groups = mixed_groups(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, position=position)
-        groups = [g for g in groups if not g or g[0].op in ("set", "zero")]
+        groups = [g for g in groups if not g or g[0].op == op or (position == -1 and len(g) == 2)]
         fast = engine.run(prepared, groups)
         plain = plain_scores(embedded_model, engine.readout, ids, groups)
         torch.testing.assert_close(fast, plain, rtol=0, atol=EMBEDDED_ATOL)
@@ -227,16 +228,16 @@ def test_only_the_first_column_normalizer_may_be_dropped(tiny):
     torch.testing.assert_close(torch.log_softmax(fast, -1), truth, rtol=0, atol=TINY_ATOL)
 
 
-@pytest.mark.parametrize("batch_size", [1, 4, 64])
+@pytest.mark.parametrize("batch_size", [1, 64])
 def test_pooled_output_layer_is_chunk_invariant(tiny, batch_size, monkeypatch):
     """The output layer runs on every chunk's columns at once, split by LOGIT_BUDGET: any chunking and any budget
     give the same scores (rows stay with their groups after the sort by starting layer)."""
     import emotion_circuits.interventions as interventions
     cfg = tiny.model.config
-    groups = mixed_groups(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
+    groups = mixed_groups(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)[::3]  # every op, every kind
     ids = ids_of(tiny)
     reference = engine_for(tiny, batch_size=len(groups)).run(engine_for(tiny).prepare(ids), groups, relative=True)
-    monkeypatch.setattr(interventions, "LOGIT_BUDGET", 3 * tiny.model.config.vocab_size)  # 3 rows per matmul
+    monkeypatch.setattr(interventions, "LOGIT_BUDGET", 5 * tiny.model.config.vocab_size)  # 5 rows per matmul
     engine = engine_for(tiny, batch_size=batch_size)
     torch.testing.assert_close(engine.run(engine.prepare(ids), groups, relative=True), reference, rtol=0,
                                atol=TINY_ATOL)

@@ -1,5 +1,6 @@
 """The stimuli screen: explicit words in Sets B/N/C fail it by id, the shipped sets pass, and the text-only shortcut
 baselines give ~0.5 on shuffled labels and ~1 on a planted length cue."""
+import functools
 import json
 import subprocess
 import sys
@@ -116,10 +117,11 @@ def _explicit(items, k, words=" Everyone was terrified."):
 def test_on_violation_warn_records_and_goes_on_fail_stops_per_set(shipped):
     """The policy is per set: an explicit word in C under warn is recorded (and the screen goes on to its baselines),
     the same word in B under fail stops it; a B/N pair out of length fails if either set fails."""
+    quick = functools.partial(ScreenSettings, n_boot=100, folds=2)   # 2 folds: the baselines run, faster
     sets = {**shipped, "C": _explicit(shipped["C"], 0)}
     with pytest.raises(ScreenError, match=shipped["C"][0].id + " 'terrified'"):
-        screen(sets, LEXICON, ScreenSettings(n_boot=100), seed=0)
-    metrics = screen(sets, LEXICON, ScreenSettings(n_boot=100, on_violation={"C": "warn", "default": "fail"}), seed=0)
+        screen(sets, LEXICON, quick(), seed=0)
+    metrics = screen(sets, LEXICON, quick(on_violation={"C": "warn", "default": "fail"}), seed=0)
     found = metrics["violations"]
     assert found["on_violation"] == {"A": "fail", "B": "fail", "N": "fail", "C": "warn"}
     assert [(v["check"], v["id"], v["what"], v["policy"]) for v in found["items"]] == \
@@ -127,12 +129,12 @@ def test_on_violation_warn_records_and_goes_on_fail_stops_per_set(shipped):
     assert "set_a_8class" in metrics["baselines"]
     both = {**sets, "B": _explicit(shipped["B"], 2, " She was furious.")}
     with pytest.raises(ScreenError) as err:
-        screen(both, LEXICON, ScreenSettings(n_boot=100, on_violation={"C": "warn", "default": "fail"}), seed=0)
+        screen(both, LEXICON, quick(on_violation={"C": "warn", "default": "fail"}), seed=0)
     assert shipped["B"][2].id in str(err.value) and shipped["C"][0].id not in str(err.value)
     long_twin = {**shipped, "N": _explicit(shipped["N"], 0, " " + " ".join(["word"] * 30))}
     with pytest.raises(ScreenError, match="ratio"):
-        screen(long_twin, LEXICON, ScreenSettings(n_boot=100, on_violation={"N": "warn"}), seed=0)
-    pair = screen(long_twin, LEXICON, ScreenSettings(n_boot=100, on_violation="warn"), seed=0)["violations"]["items"]
+        screen(long_twin, LEXICON, quick(on_violation={"N": "warn"}), seed=0)
+    pair = screen(long_twin, LEXICON, quick(on_violation="warn"), seed=0)["violations"]["items"]
     assert [(v["check"], v["sets"]) for v in pair] == [("pair_length", ["B", "N"])]
 
 
@@ -153,6 +155,7 @@ def test_stage_under_warn_writes_the_violation_with_its_file_and_line(tmp_path):
     (tmp_path / "set_C.jsonl").write_text("\n".join([*lines[:2], json.dumps(third), *lines[3:]]) + "\n")
     params["stimuli"]["C"] = str(tmp_path / "set_C.jsonl")
     params["screen"]["on_violation"] = {"C": "warn", "default": "fail"}
+    params["screen"].update(folds=2, n_boot=100)    # the baselines still run, at a test's size
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, "stages/stimuli.py", "--params", str(tmp_path / "params.yaml"),
                            "--metrics", str(tmp_path / "m"), "--plots", str(tmp_path / "p")],
